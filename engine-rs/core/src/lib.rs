@@ -1,0 +1,1 @@
+//! Pure-Rust engine core (no PyO3): state, audit, journal.

@@ -1,0 +1,177 @@
+"""Wire protocol v1: the one module that knows how messages look on the wire.
+
+Frame layout (see docs/PROTOCOL.md for every field)::
+
+    frame 0   2 bytes: version (u8 = 1), command (u8)
+    frame 1   msgpack map: the header
+    frame 2+  optional raw blobs (heavy arrays crossing hosts)
+
+A ROUTER socket prepends the peer identity; `split_envelope` takes it off. Everything here is
+pure: encode to a list of frames, decode frames to a `Message`, or raise `DecodeError` with a
+short reason that receivers count. Nothing is ever pickled.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import IntEnum
+from typing import Any
+
+import msgpack
+
+from pipeline.errors import DecodeError
+
+VERSION = 1
+SUPPORTED_VERSIONS = (1,)
+MAX_HEADER_BYTES = 64 * 1024 * 1024
+
+
+class Cmd(IntEnum):
+    SUBMIT = 0x01
+    ACCEPTED = 0x02
+    REJECTED = 0x03
+    RESULT = 0x04
+    READY = 0x10
+    DISPATCH = 0x11
+    HEARTBEAT = 0x12
+    DISCONNECT = 0x13
+    UPDATE = 0x20
+    DECISION = 0x21
+    COMMIT = 0x22
+    SNAPSHOT_REQ = 0x30
+    SNAPSHOT = 0x31
+    HELLO = 0x40
+    UNBLOCK = 0x41
+    BLOCKED = 0x42
+    UNBLOCKED = 0x43
+    STATUS_REQ = 0x44
+    STATUS = 0x45
+    ERROR = 0x7F
+
+
+_CMDS = {int(c): c for c in Cmd}
+_PREFIX = {c: bytes((VERSION, int(c))) for c in Cmd}
+
+# Required header fields and their types, per command. Extra fields are allowed (forward
+# compatibility); missing or mistyped required ones make the message malformed.
+SCHEMA: dict[Cmd, dict[str, type | tuple[type, ...]]] = {
+    Cmd.SUBMIT: {"tasks": list},
+    Cmd.ACCEPTED: {"ids": list},
+    Cmd.REJECTED: {"ids": list, "code": str, "reason": str},
+    Cmd.RESULT: {"decisions": list},
+    Cmd.READY: {"credit": int},
+    Cmd.DISPATCH: {"tasks": list},
+    Cmd.HEARTBEAT: {},
+    Cmd.DISCONNECT: {},
+    Cmd.UPDATE: {"updates": list},
+    Cmd.DECISION: {"decisions": list},
+    Cmd.COMMIT: {"events": list},
+    Cmd.SNAPSHOT_REQ: {},
+    Cmd.SNAPSHOT: {"version": int, "state": dict},
+    Cmd.HELLO: {"role": str},
+    Cmd.UNBLOCK: {"process": str},
+    Cmd.BLOCKED: {"process": str, "reason": str},
+    Cmd.UNBLOCKED: {"process": str},
+    Cmd.STATUS_REQ: {},
+    Cmd.STATUS: {"role": str},
+    Cmd.ERROR: {"code": str, "reason": str},
+}
+
+TASK_FIELDS: dict[str, type | tuple[type, ...]] = {"id": str, "process": str, "args": dict}
+
+
+@dataclass(slots=True)
+class Message:
+    cmd: Cmd
+    header: dict[str, Any]
+    blobs: list[Any] = field(default_factory=list)
+
+
+_packer = msgpack.Packer(use_bin_type=True)
+
+
+def pack(obj: Any) -> bytes:
+    """msgpack-encode one value (bin type for bytes, str for text)."""
+    return _packer.pack(obj)
+
+
+def unpack(data: bytes | memoryview) -> Any:
+    """msgpack-decode one value with strict limits; raise DecodeError on any failure."""
+    if len(data) > MAX_HEADER_BYTES:
+        raise DecodeError("header-too-large")
+    try:
+        return msgpack.unpackb(
+            data, raw=False, strict_map_key=True, use_list=True, max_buffer_size=MAX_HEADER_BYTES
+        )
+    except (ValueError, TypeError, msgpack.ExtraData, msgpack.FormatError,
+            msgpack.StackError, UnicodeDecodeError) as exc:
+        raise DecodeError("bad-msgpack") from exc
+
+
+def encode(cmd: Cmd, header: dict[str, Any] | None = None, *blobs: Any) -> list[Any]:
+    """Frames for one message (without any ROUTER envelope)."""
+    return [_PREFIX[cmd], _packer.pack(header or {}), *blobs]
+
+
+def encode_raw(cmd: Cmd, header_bytes: bytes, *blobs: Any) -> list[Any]:
+    """Frames for a message whose header is already msgpack (e.g. produced by the engine)."""
+    return [_PREFIX[cmd], header_bytes, *blobs]
+
+
+def decode_prefix(frame: bytes | memoryview) -> Cmd:
+    """Check frame 0 (version, command) and return the command."""
+    if len(frame) != 2:
+        raise DecodeError("bad-prefix")
+    version, code = frame[0], frame[1]
+    if version not in SUPPORTED_VERSIONS:
+        raise DecodeError("version")
+    cmd = _CMDS.get(code)
+    if cmd is None:
+        raise DecodeError("unknown-command")
+    return cmd
+
+
+def decode(frames: list[Any]) -> Message:
+    """Decode and validate one message (no envelope). Raises DecodeError(reason)."""
+    if len(frames) < 2:
+        raise DecodeError("too-few-frames")
+    cmd = decode_prefix(_bytes(frames[0]))
+    header = unpack(_bytes(frames[1]))
+    if not isinstance(header, dict):
+        raise DecodeError("header-not-map")
+    check_fields(header, SCHEMA[cmd], "header")
+    return Message(cmd, header, list(frames[2:]))
+
+
+def check_fields(obj: dict[str, Any], schema: dict[str, Any], what: str) -> None:
+    for name, typ in schema.items():
+        value = obj.get(name)
+        if value is None or not isinstance(value, typ) or (typ is int and isinstance(value, bool)):
+            raise DecodeError(f"{what}-field:{name}")
+
+
+def check_task(task: Any) -> dict[str, Any]:
+    """Validate one Task map from a SUBMIT; return it."""
+    if not isinstance(task, dict):
+        raise DecodeError("task-not-map")
+    check_fields(task, TASK_FIELDS, "task")
+    heavy = task.get("heavy")
+    if heavy is not None and not isinstance(heavy, dict):
+        raise DecodeError("task-field:heavy")
+    return task
+
+
+def split_envelope(frames: list[Any]) -> tuple[bytes, list[Any]]:
+    """Split a ROUTER-received message into (identity, frames)."""
+    if len(frames) < 3:
+        raise DecodeError("too-few-frames")
+    return _bytes(frames[0]), frames[1:]
+
+
+def error(code: str, reason: str) -> list[Any]:
+    return encode(Cmd.ERROR, {"code": code, "reason": reason, "supported": list(SUPPORTED_VERSIONS)})
+
+
+def _bytes(frame: Any) -> bytes:
+    # zmq.Frame exposes .bytes; plain bytes pass through.
+    return frame if isinstance(frame, bytes | memoryview) else frame.bytes
