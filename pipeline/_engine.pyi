@@ -1,0 +1,100 @@
+"""Type stub for the Rust extension `pipeline._engine` (hand-written; keep the surface small).
+
+Only modules of the sink side import this extension; workers never do.
+Errors raised are the classes of `pipeline.errors` (JournalError, JournalCorrupt,
+RecipeError, EngineError), never a bare Exception.
+"""
+
+from collections.abc import Sequence
+from typing import Literal
+
+__version__: str
+
+Status = Literal["committed", "rejected", "conflict", "duplicate", "blocked", "failed"]
+
+class Decision:
+    """One typed decision (see docs/PROTOCOL.md, Decision)."""
+
+    @property
+    def task(self) -> str: ...
+    @property
+    def status(self) -> Status: ...
+    @property
+    def process(self) -> str: ...
+    @property
+    def attempt(self) -> int: ...
+    @property
+    def version(self) -> int: ...
+    @property
+    def reason(self) -> str: ...
+    @property
+    def rule(self) -> str | None: ...
+    @property
+    def level(self) -> str | None: ...
+    @property
+    def retry_after_ms(self) -> int: ...
+    @property
+    def blocked(self) -> bool: ...
+    @property
+    def error_type(self) -> str | None: ...
+    @property
+    def error_message(self) -> str | None: ...
+
+class Batch:
+    """The outcome of one `Engine.apply_batch` call."""
+
+    @property
+    def decisions(self) -> bytes:
+        """msgpack DECISION header: `{"decisions": [Decision map, ...]}`, in input order."""
+    @property
+    def events(self) -> bytes | None:
+        """msgpack COMMIT header `{"events": [Event, ...]}` for the commits, or None."""
+    @property
+    def commits(self) -> int: ...
+    @property
+    def stop(self) -> str | None:
+        """Set when an S-level rule fired: the reason the pipeline must stop."""
+    @property
+    def newly_blocked(self) -> list[tuple[str, str]]:
+        """(process, reason) for every process that became blocked in this batch."""
+    @property
+    def malformed(self) -> list[str]:
+        """A short reason for every update that could not be decoded (it has no decision)."""
+    def __len__(self) -> int: ...
+    def __getitem__(self, index: int) -> Decision: ...
+
+class Engine:
+    def __init__(
+        self,
+        journal_dir: str,
+        *,
+        fsync: Literal["always", "interval", "never"] = "interval",
+        fsync_interval_ms: int = 10,
+        strict: bool = False,
+        recipes: str | None = None,
+    ) -> None:
+        """Open (or create) the journal in `journal_dir`, verify it, truncate a torn tail and
+        replay it to rebuild the state and the de-duplication table."""
+    def register(self, process: str, inputs: Sequence[str], outputs: Sequence[str]) -> None:
+        """Declare a process's contract (keys it may read and write)."""
+    def apply_batch(self, frames: Sequence[bytes]) -> Batch:
+        """Decide every update in `frames` (each an UPDATE header `{"updates": [...]}`):
+        decode, de-duplicate, check contract, audit, compare-and-swap, commit, journal.
+        Runs without the GIL."""
+    def snapshot(self) -> bytes:
+        """msgpack SNAPSHOT header `{"version": int, "state": {key: [version, value]}}`."""
+    def get(self, key: str) -> tuple[int, bytes] | None:
+        """(version, msgpack-encoded value) of one key, or None."""
+    @property
+    def version(self) -> int: ...
+    def blocked(self) -> list[str]: ...
+    def unblock(self, process: str) -> bool: ...
+    def flush(self) -> None:
+        """Write and fsync everything appended so far."""
+    def tick(self) -> None:
+        """Housekeeping: fsync if the interval policy is due."""
+    def close(self) -> None: ...
+
+def verify_journal(journal_dir: str) -> tuple[int, int | None, str | None]:
+    """Check a journal's checksums and hash chain. Returns (records_ok, first_bad_index,
+    reason); first_bad_index is None when the whole journal is sound."""
