@@ -1,0 +1,623 @@
+"""The broker: three ROUTER sockets, one poller, one small handler per command.
+
+    frontend  producers (DEALER): SUBMIT -> ACCEPTED / REJECTED, later RESULT
+    backend   workers (DEALER):   READY, HEARTBEAT, DISCONNECT <-> DISPATCH, HEARTBEAT
+    control   sink and admins:    HELLO, DECISION, BLOCKED, UNBLOCKED, STATUS_REQ -> STATUS
+
+Each `run_once` pass polls, drains what is ready (control first: decisions free work), then
+does housekeeping: due retries, worker liveness, credit-based dispatch, RESULT batches.
+A task stays with the broker from SUBMIT until the sink decides it; conflicts come back with
+attempt + 1, blocked processes are parked, lost workers' tasks are queued again at the front.
+Every message is validated; a bad one is counted by reason, answered with ERROR, and dropped.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from collections import Counter, OrderedDict, deque
+from collections.abc import Callable
+from typing import Any
+
+import zmq
+
+from brokers.config import BrokerConfig
+from brokers.state import Entry, TaskQueues, Worker
+from pipeline.errors import DecodeError
+from pipeline.protocol import SUPPORTED_VERSIONS, Cmd, Message, check_task, decode, encode, error
+
+log = logging.getLogger(__name__)
+
+FINAL = frozenset({"committed", "rejected", "failed", "duplicate"})
+STATUSES = FINAL | {"conflict", "blocked"}
+MAX_ID_CHARS = 256
+MAX_PROCESSES = 1024
+STOP_CHECK_MS = 100
+
+Handler = Callable[[bytes, Message], None]
+
+
+class Refused(DecodeError):
+    """A well-formed message the broker will not act on; `code` goes into the ERROR."""
+
+    def __init__(self, code: str, reason: str, message: str = "") -> None:
+        super().__init__(reason)
+        self.code = code
+        self.message = message or reason
+
+
+class Broker:
+    """The broker loop. Step it with `run_once` (tests) or loop with `run` (the CLI)."""
+
+    def __init__(self, config: BrokerConfig, ctx: zmq.Context[Any] | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.config = config
+        self._own_ctx = ctx is None
+        self.ctx: zmq.Context[Any] = zmq.Context() if ctx is None else ctx
+        self._clock = clock
+        self.frontend = self._socket()
+        self.backend = self._socket()
+        self.control = self._socket()
+        self._poller = zmq.Poller()
+        for sock in (self.frontend, self.backend, self.control):
+            self._poller.register(sock, zmq.POLLIN)
+        self._entries: dict[str, Entry] = {}
+        self._recent: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        self._queues = TaskQueues()
+        self._workers: dict[bytes, Worker] = {}
+        self._results: dict[bytes, list[dict[str, Any]]] = {}
+        self._dead: deque[dict[str, Any]] = deque(maxlen=1000)
+        self.counters: Counter[str] = Counter()
+        self._sink: bytes | None = None
+        self._dirty = False
+        self._rr = 0
+        self._now = clock()
+        self._next_tick = self._now
+        self._bound = False
+        self._closed = False
+        self._tables: dict[zmq.Socket[Any], tuple[str, dict[Cmd, Handler]]] = {
+            self.control: ("control", {
+                Cmd.HELLO: self._on_hello, Cmd.DECISION: self._on_decision,
+                Cmd.BLOCKED: self._on_blocked, Cmd.UNBLOCKED: self._on_unblocked,
+                Cmd.STATUS_REQ: self._on_status_req, Cmd.HEARTBEAT: self._on_nothing,
+                Cmd.ERROR: self._on_peer_error}),
+            self.backend: ("backend", {
+                Cmd.READY: self._on_ready, Cmd.HEARTBEAT: self._on_heartbeat,
+                Cmd.DISCONNECT: self._on_disconnect, Cmd.ERROR: self._on_peer_error}),
+            self.frontend: ("frontend", {
+                Cmd.SUBMIT: self._on_submit, Cmd.HEARTBEAT: self._on_nothing,
+                Cmd.DISCONNECT: self._on_nothing, Cmd.ERROR: self._on_peer_error}),
+        }
+
+    # -- life cycle ---------------------------------------------------------------------
+    def _socket(self) -> zmq.Socket[Any]:
+        sock = self.ctx.socket(zmq.ROUTER)
+        sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        sock.setsockopt(zmq.LINGER, self.config.linger_ms)
+        sock.setsockopt(zmq.MAXMSGSIZE, self.config.max_message_bytes)
+        sock.setsockopt(zmq.SNDHWM, self.config.hwm_messages)
+        sock.setsockopt(zmq.RCVHWM, self.config.hwm_messages)
+        return sock
+
+    def bind(self) -> dict[str, str]:
+        """Bind the three sockets; return the endpoints actually bound (tcp port 0 works)."""
+        cfg = self.config
+        for sock, endpoint in ((self.frontend, cfg.frontend), (self.backend, cfg.backend),
+                               (self.control, cfg.control)):
+            sock.bind(endpoint)
+        self._bound = True
+        log.info("broker bound frontend=%s backend=%s control=%s",
+                 cfg.frontend, cfg.backend, cfg.control)
+        return self.endpoints()
+
+    def endpoints(self) -> dict[str, str]:
+        return {name: sock.getsockopt_string(zmq.LAST_ENDPOINT) for name, sock in
+                (("frontend", self.frontend), ("backend", self.backend),
+                 ("control", self.control))}
+
+    def close(self) -> None:
+        """Close the sockets with the configured linger; end the context if it is ours."""
+        if self._closed:
+            return
+        self._closed = True
+        for sock in (self.frontend, self.backend, self.control):
+            sock.close(linger=self.config.linger_ms)
+        if self._own_ctx:
+            self.ctx.term()
+
+    def __enter__(self) -> Broker:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- the loop -----------------------------------------------------------------------
+    def run(self, ready: Callable[[], None] | None = None,
+            stop: threading.Event | None = None) -> None:
+        """Bind if needed, call `ready`, then loop until `stop` is set."""
+        if not self._bound:
+            self.bind()
+        if ready is not None:
+            ready()
+        cap = STOP_CHECK_MS if stop is not None else self.config.heartbeat_interval_ms
+        while stop is None or not stop.is_set():
+            self.run_once(min(self.next_timeout_ms(), cap))
+
+    def run_once(self, timeout_ms: int = 0) -> int:
+        """One pass: poll up to timeout_ms, handle what is ready, housekeeping. Messages read."""
+        ready = dict(self._poller.poll(timeout_ms))
+        self._now = self._clock()
+        handled = 0
+        for sock in (self.control, self.backend, self.frontend):
+            if ready.get(sock):
+                handled += self._drain(sock)
+        self._housekeeping()
+        return handled
+
+    def next_timeout_ms(self) -> int:
+        """Poll timeout: min(heartbeat, time to the next deadline), never negative."""
+        deadline = self._next_tick
+        due = self._queues.next_due()
+        if due is not None:
+            deadline = min(deadline, due)
+        left_ms = math.ceil((deadline - self._clock()) * 1000)
+        return max(0, min(self.config.heartbeat_interval_ms, left_ms))
+
+    def _drain(self, sock: zmq.Socket[Any]) -> int:
+        where, table = self._tables[sock]
+        is_backend = sock is self.backend
+        for n in range(self.config.max_recv_per_pass):
+            try:
+                frames = sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return n
+            if is_backend:
+                self._touch(frames[0])
+            self._handle(sock, where, table, frames)
+        return self.config.max_recv_per_pass
+
+    def _handle(self, sock: zmq.Socket[Any], where: str, table: dict[Cmd, Handler],
+                frames: list[bytes]) -> None:
+        identity = frames[0]
+        try:
+            msg = decode(frames[1:])
+            handler = table.get(msg.cmd)
+            if handler is None:
+                raise DecodeError(f"unexpected-command:{msg.cmd.name}")
+            handler(identity, msg)
+        except DecodeError as exc:
+            self._malformed(sock, where, identity, exc)
+
+    def _malformed(self, sock: zmq.Socket[Any], where: str, identity: bytes,
+                   exc: DecodeError) -> None:
+        key = f"{where}.{exc.reason}"
+        self.counters[key] += 1
+        self.counters["malformed"] += 1
+        level = logging.WARNING if self.counters[key] == 1 else logging.DEBUG
+        log.log(level, "%s: dropped a message from %s: %s", where, identity.hex(), exc.reason)
+        code = getattr(exc, "code", "version" if exc.reason == "version" else "malformed")
+        reply = error(code, getattr(exc, "message", exc.reason))
+        self._send(sock, identity, reply)
+
+    def _send(self, sock: zmq.Socket[Any], identity: bytes, frames: list[Any]) -> str | None:
+        """Send without blocking; None on success, else "again" or "unroutable" (counted)."""
+        try:
+            sock.send_multipart([identity, *frames], zmq.NOBLOCK)
+            return None
+        except zmq.Again:
+            why = "again"
+        except zmq.ZMQError as exc:
+            if exc.errno != zmq.EHOSTUNREACH:
+                raise
+            why = "unroutable"
+        self.counters[f"send.{why}"] += 1
+        return why
+
+    # -- housekeeping -------------------------------------------------------------------
+    def _housekeeping(self) -> None:
+        now = self._now
+        if self._queues.release_due(now):
+            self._dirty = True
+        if now >= self._next_tick:
+            self._liveness(now)
+        if self._dirty:
+            self._dispatch()
+        if self._results:
+            self._flush_results()
+
+    def _liveness(self, now: float) -> None:
+        """Evict silent workers, send HEARTBEAT to idle ones (every half interval)."""
+        interval = self.config.heartbeat_interval_ms / 1000
+        self._next_tick = now + interval / 2
+        beat = encode(Cmd.HEARTBEAT)
+        for w in list(self._workers.values()):
+            if now >= w.expires_at:
+                self._evict(w, "expired")
+            elif now >= w.beat_at:
+                w.beat_at = now + interval
+                if self._send(self.backend, w.identity, beat) == "unroutable":
+                    self._evict(w, "unroutable")
+        self._queues.prune()
+
+    def _touch(self, identity: bytes) -> None:
+        w = self._workers.get(identity)
+        if w is not None:
+            w.expires_at = self._now + self.config.expiry_ms / 1000
+
+    def _flush_results(self) -> None:
+        results, self._results = self._results, {}
+        for producer, decisions in results.items():
+            if self._send(self.frontend, producer, encode(Cmd.RESULT, {"decisions": decisions})):
+                self.counters["result.undelivered"] += len(decisions)
+
+    # -- dispatch -----------------------------------------------------------------------
+    def _dispatch(self) -> None:
+        """Give queued tasks to workers with credit: one batch per worker per round."""
+        self._dirty = False
+        if not self._queues.has_work():
+            return
+        ready = [w for w in self._workers.values() if w.credit > 0]
+        if not ready:
+            return
+        self._rr = (self._rr + 1) % len(ready)
+        ready = ready[self._rr:] + ready[:self._rr]
+        while ready:  # rounds: a worker stays while it has credit and got tasks
+            still = []
+            for w in ready:
+                if w.credit > 0 and self._dispatch_one(w):
+                    still.append(w)
+            ready = still
+
+    def _dispatch_one(self, w: Worker) -> bool:
+        """Send one DISPATCH to w; False when it got nothing (or could not be reached)."""
+        batch = self._queues.take(w.processes, min(w.credit, self.config.max_dispatch_batch))
+        if not batch:
+            return False
+        why = self._send(self.backend, w.identity,
+                         encode(Cmd.DISPATCH, {"tasks": [e.task for e in batch]}))
+        if why is not None:
+            self._queues.push_front(batch)  # never delivered: same attempt
+            if why == "unroutable":
+                self._evict(w, "unroutable")
+            else:
+                self._dirty = True  # its queue is full: try again next pass
+            return False
+        now, wid, inflight = self._now, w.identity, w.inflight
+        for e in batch:
+            e.worker = wid
+            e.sent_at = now
+            inflight[e.id] = None
+        w.credit -= len(batch)
+        w.beat_at = now + self.config.heartbeat_interval_ms / 1000
+        self.counters["dispatched"] += len(batch)
+        return True
+
+    # -- tasks leaving the broker ---------------------------------------------------------
+    def _finish(self, entry: Entry, decision: dict[str, Any]) -> None:
+        del self._entries[entry.id]
+        recent = self._recent
+        recent[entry.id] = decision
+        while len(recent) > self.config.recent_decided:
+            recent.popitem(last=False)
+        self._results.setdefault(entry.producer, []).append(decision)
+        self.counters[f"decided.{decision['status']}"] += 1
+
+    def _requeue(self, entries: list[Entry], why: str) -> None:
+        """Queue undecided tasks again at the front with attempt + 1 (or dead-letter them)."""
+        again = []
+        for e in entries:
+            e.worker = None
+            e.failures += 1
+            if e.failures >= self.config.max_attempts:
+                self._dead_letter(e, f"{why} on attempt {e.attempt}")
+                continue
+            e.next_attempt()
+            again.append(e)
+        self._queues.push_front(again)
+        self.counters["redelivered"] += len(again)
+        self._dirty = True
+
+    def _dead_letter(self, entry: Entry, reason: str) -> None:
+        decision = {"task": entry.id, "status": "failed", "process": entry.process,
+                    "attempt": entry.attempt, "version": 0,
+                    "reason": f"dead letter after {entry.failures} attempts: {reason}",
+                    "rule": "max_attempts", "level": None, "retry_after_ms": 0,
+                    "error": None, "blocked": False}
+        self._dead.append(decision)
+        self.counters["dead_lettered"] += 1
+        log.warning("task %s dead-lettered: %s", entry.id, decision["reason"])
+        self._finish(entry, decision)
+
+    def _evict(self, w: Worker, why: str) -> None:
+        if self._workers.pop(w.identity, None) is None:
+            return
+        w.credit = 0
+        entries = [self._entries[t] for t in w.inflight if t in self._entries]
+        w.inflight.clear()
+        self.counters[f"worker.{why}"] += 1
+        log.warning("worker %s removed (%s); %d tasks go back to the queue",
+                    w.name, why, len(entries))
+        if why == "expired":  # a slow worker learns it must register again
+            self._send(self.backend, w.identity, encode(Cmd.DISCONNECT))
+        self._requeue(entries, f"worker {w.name} {why}")
+
+    # -- frontend: producers ------------------------------------------------------------
+    def _on_submit(self, producer: bytes, msg: Message) -> None:
+        if msg.blobs:
+            raise Refused("unsupported", "submit-blobs", "SUBMIT blobs are not supported")
+        accepted: list[str] = []
+        busy: list[str] = []
+        invalid: dict[str, list[str]] = {}
+        room = self.config.max_queue - len(self._entries)
+        for task in msg.header["tasks"]:
+            problem = _task_problem(task)
+            if problem is not None:
+                invalid.setdefault(problem, []).append(_task_id(task))
+            elif self._known(task["id"], producer):
+                accepted.append(task["id"])
+            elif room <= 0:
+                busy.append(task["id"])
+            else:
+                room -= 1
+                self._enqueue(task, producer)
+                accepted.append(task["id"])
+        self._answer_submit(producer, accepted, busy, invalid)
+
+    def _answer_submit(self, producer: bytes, accepted: list[str], busy: list[str],
+                       invalid: dict[str, list[str]]) -> None:
+        self.counters["accepted"] += len(accepted)
+        if accepted or not (busy or invalid):
+            self._send(self.frontend, producer, encode(Cmd.ACCEPTED, {"ids": accepted}))
+        if busy:
+            self.counters["rejected.busy"] += len(busy)
+            self._send(self.frontend, producer, _rejected(
+                busy, "busy", "the broker's queue is full",
+                self.config.busy_retry_after_ms))
+        for reason, ids in invalid.items():
+            self.counters[f"rejected.{reason}"] += len(ids)
+            self._send(self.frontend, producer, _rejected(
+                [i for i in ids if i], "invalid", reason, 0))
+
+    def _known(self, task_id: str, producer: bytes) -> bool:
+        """A resubmit: the latest submitter gets the result; a decided task's is sent again."""
+        entry = self._entries.get(task_id)
+        if entry is not None:
+            entry.producer = producer
+        else:
+            decision = self._recent.get(task_id)
+            if decision is None:
+                return False
+            self._results.setdefault(producer, []).append(decision)
+        self.counters["resubmitted"] += 1
+        return True
+
+    def _enqueue(self, task: dict[str, Any], producer: bytes) -> None:
+        task["attempt"] = 1
+        task["after"] = 0
+        entry = Entry(task, producer)
+        self._entries[entry.id] = entry
+        self._queues.push(entry)
+        self._dirty = True
+
+    # -- backend: workers ---------------------------------------------------------------
+    def _on_ready(self, identity: bytes, msg: Message) -> None:
+        credit = msg.header["credit"]
+        if credit < 0:
+            raise DecodeError("header-field:credit")
+        w = self._workers.get(identity)
+        if w is None:
+            w = self._register(identity, msg.header)
+        w.credit = min(w.credit + credit, self.config.max_worker_credit)
+        if credit:
+            self._dirty = True
+
+    def _register(self, identity: bytes, header: dict[str, Any]) -> Worker:
+        processes = header.get("processes")
+        if not _str_list(processes, MAX_PROCESSES):
+            raise Refused("unknown-worker", "ready-without-processes",
+                          "the first READY must list the worker's processes (non-empty strings)")
+        _check_versions(header.get("versions", [1]))
+        name = header.get("name", identity.hex())
+        if not isinstance(name, str):
+            raise DecodeError("header-field:name")
+        w = Worker(identity, name, frozenset(processes))
+        w.expires_at = self._now + self.config.expiry_ms / 1000
+        w.beat_at = self._now + self.config.heartbeat_interval_ms / 1000
+        self._workers[identity] = w
+        self.counters["worker.registered"] += 1
+        log.info("worker %s registered for %s", name, ", ".join(sorted(w.processes)))
+        return w
+
+    def _on_heartbeat(self, identity: bytes, msg: Message) -> None:
+        if identity not in self._workers:
+            raise Refused("unknown-worker", "heartbeat-unknown-worker",
+                          "unknown worker: register with READY {credit, processes} first")
+
+    def _on_disconnect(self, identity: bytes, msg: Message) -> None:
+        w = self._workers.get(identity)
+        if w is None:
+            self.counters["backend.disconnect-unknown"] += 1
+            return
+        self._evict(w, "disconnect")
+
+    # -- control: sink and admins -------------------------------------------------------
+    def _on_hello(self, identity: bytes, msg: Message) -> None:
+        _check_versions(msg.header.get("versions", [1]))
+        role = msg.header["role"]
+        if role == "sink":
+            self._sink = identity
+        log.info("control: hello from %s (%s)", role, identity.hex())
+
+    def _on_decision(self, identity: bytes, msg: Message) -> None:
+        bad = 0
+        for decision in msg.header["decisions"]:
+            if _decision_ok(decision):
+                self._apply(decision)
+            else:
+                bad += 1
+        if bad:  # the good ones were applied; the sender hears about the rest
+            self.counters["control.decision-invalid"] += bad
+            self.counters["malformed"] += bad
+            self._send(self.control, identity,
+                       error("malformed", f"{bad} invalid decisions ignored"))
+
+    def _apply(self, d: dict[str, Any]) -> None:
+        entry = self._entries.get(d["task"])
+        if entry is None:
+            self.counters["decision.unknown"] += 1
+            return
+        if entry.worker is None or d["attempt"] != entry.attempt:
+            self.counters["decision.stale"] += 1
+            return
+        w = self._workers.get(entry.worker)
+        if w is not None:
+            w.inflight.pop(entry.id, None)
+        entry.worker = None
+        status = d["status"]
+        if status in FINAL:
+            self._finish(entry, d)
+        elif status == "conflict":
+            self._conflict(entry, d)
+        else:
+            self._park(entry, d)
+
+    def _conflict(self, entry: Entry, d: dict[str, Any]) -> None:
+        self.counters["decided.conflict"] += 1
+        entry.failures += 1
+        if entry.failures >= self.config.max_attempts:
+            self._dead_letter(entry, f"conflict: {d.get('reason', '')}")
+            return
+        entry.next_attempt()
+        version = d.get("version", 0)
+        entry.task["after"] = version if isinstance(version, int) and version > 0 else 0
+        delay_ms = d.get("retry_after_ms")
+        if not isinstance(delay_ms, int) or delay_ms < 0:
+            delay_ms = self.config.backoff_ms(entry.failures)
+        if delay_ms == 0:
+            self._queues.push_front([entry])
+            self._dirty = True
+        else:
+            self._queues.delay(entry, self._now + delay_ms / 1000)
+
+    def _park(self, entry: Entry, d: dict[str, Any]) -> None:
+        self.counters["decided.blocked"] += 1
+        entry.next_attempt()
+        self._queues.push_front([entry])
+        if d.get("blocked", True) is not False:
+            reason = d.get("reason")
+            self._block(entry.process, reason if isinstance(reason, str) else "blocked")
+        self._dirty = True
+
+    def _on_blocked(self, identity: bytes, msg: Message) -> None:
+        self._block(msg.header["process"], msg.header["reason"])
+
+    def _block(self, process: str, reason: str) -> None:
+        if self._queues.block(process, reason):
+            self.counters["blocked"] += 1
+            log.warning("process %s blocked: %s", process, reason)
+
+    def _on_unblocked(self, identity: bytes, msg: Message) -> None:
+        process = msg.header["process"]
+        if self._queues.unblock(process):
+            self.counters["unblocked"] += 1
+            log.info("process %s unblocked", process)
+            self._dirty = True
+        else:
+            self.counters["control.unblock-not-blocked"] += 1
+
+    def _on_status_req(self, identity: bytes, msg: Message) -> None:
+        self._send(self.control, identity, encode(Cmd.STATUS, self.status()))
+
+    def status(self) -> dict[str, Any]:
+        """The figures STATUS reports."""
+        q = self._queues
+        return {
+            "role": "broker",
+            "queues": q.counts(),
+            "parked": q.parked(),
+            "delayed": q.delayed(),
+            "in_flight": sum(len(w.inflight) for w in self._workers.values()),
+            "tasks": len(self._entries),
+            "workers": [w.status() for w in self._workers.values()],
+            "counters": dict(self.counters),
+            "blocked": [{"process": p, "reason": r} for p, r in q.blocked.items()],
+            "recent_decided": len(self._recent),
+            "dead_letters": len(self._dead),
+            "sink": self._sink is not None,
+        }
+
+    # -- any socket ---------------------------------------------------------------------
+    def _on_nothing(self, identity: bytes, msg: Message) -> None:
+        return None
+
+    def _on_peer_error(self, identity: bytes, msg: Message) -> None:
+        self.counters["peer-error"] += 1
+        log.warning("peer %s sent ERROR %s: %s", identity.hex(), msg.header["code"],
+                    msg.header["reason"])
+
+
+# -- pure helpers ---------------------------------------------------------------------------
+def _task_problem(task: Any) -> str | None:
+    """Why a submitted task is invalid, or None."""
+    try:
+        check_task(task)
+    except DecodeError as exc:
+        return exc.reason
+    if not 0 < len(task["id"]) <= MAX_ID_CHARS:
+        return "task-field:id"
+    if not task["process"]:
+        return "task-field:process"
+    return None
+
+
+def _task_id(task: Any) -> str:
+    tid = task.get("id") if isinstance(task, dict) else None
+    return tid if isinstance(tid, str) and len(tid) <= MAX_ID_CHARS else ""
+
+
+def _rejected(ids: list[str], code: str, reason: str, retry_after_ms: int) -> list[Any]:
+    return encode(Cmd.REJECTED, {"ids": ids, "code": code, "reason": reason,
+                                 "retry_after_ms": retry_after_ms})
+
+
+def _str_list(value: Any, limit: int) -> bool:
+    return (isinstance(value, list) and 0 < len(value) <= limit
+            and all(isinstance(v, str) and v for v in value))
+
+
+def _check_versions(versions: Any) -> None:
+    if not isinstance(versions, list):
+        raise DecodeError("header-field:versions")
+    if not any(v in SUPPORTED_VERSIONS for v in versions if isinstance(v, int)):
+        raise Refused("version", "version", f"no common version; supported: "
+                      f"{list(SUPPORTED_VERSIONS)}")
+
+
+def _decision_ok(d: Any) -> bool:
+    if not isinstance(d, dict):
+        return False
+    attempt = d.get("attempt")
+    status = d.get("status")
+    return (isinstance(d.get("task"), str) and isinstance(status, str) and status in STATUSES
+            and isinstance(attempt, int) and not isinstance(attempt, bool))
+
+
+def serve(config: BrokerConfig, ready: Callable[[], None] | None = None,
+          stop: threading.Event | None = None) -> int:
+    """Entry point for `pipeline broker`: bind, call `ready`, run until `stop`; exit code."""
+    broker = Broker(config)
+    try:
+        try:
+            broker.bind()
+        except zmq.ZMQError as exc:
+            log.error("broker: cannot bind: %s", exc)
+            return 1
+        broker.run(ready=ready, stop=stop)
+    finally:
+        broker.close()
+    c = broker.counters
+    log.info("broker stopped: %d accepted, %d dispatched, %d committed, %d malformed",
+             c["accepted"], c["dispatched"], c["decided.committed"], c["malformed"])
+    return 0

@@ -1,0 +1,169 @@
+"""The broker's bookkeeping, free of sockets: tasks, per-process queues, workers.
+
+`TaskQueues` holds every task that waits for a worker: one FIFO deque per process, a set of
+blocked processes whose queues are parked (kept, never dispatched), a heap of delayed retries,
+and a round-robin ring so that no process starves the others. Tasks stay the decoded dicts
+the producer sent; the broker sets `attempt` and `after` on them in place.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+from collections import deque
+from collections.abc import Iterable
+from typing import Any
+
+
+class Entry:
+    """One task the broker holds, from SUBMIT to the sink's final decision."""
+
+    __slots__ = ("failures", "id", "process", "producer", "sent_at", "task", "worker")
+
+    def __init__(self, task: dict[str, Any], producer: bytes) -> None:
+        self.task = task
+        self.id: str = task["id"]
+        self.process: str = task["process"]
+        self.producer = producer
+        self.worker: bytes | None = None  # set while in flight
+        self.sent_at = 0.0
+        self.failures = 0  # dispatches that ended in a conflict or a lost worker
+
+    @property
+    def attempt(self) -> int:
+        return int(self.task["attempt"])
+
+    def next_attempt(self) -> None:
+        self.task["attempt"] += 1
+
+
+class Worker:
+    """A registered worker: what it runs, how much more it may take, when it was last heard."""
+
+    __slots__ = ("beat_at", "credit", "expires_at", "identity", "inflight", "name", "processes")
+
+    def __init__(self, identity: bytes, name: str, processes: frozenset[str]) -> None:
+        self.identity = identity
+        self.name = name
+        self.processes = processes
+        self.credit = 0
+        # Undecided task ids dispatched to this worker, in dispatch order.
+        self.inflight: dict[str, None] = {}
+        self.expires_at = 0.0  # evicted when silent past this
+        self.beat_at = 0.0  # the broker sends a HEARTBEAT when it has said nothing until this
+
+    def status(self) -> dict[str, Any]:
+        return {"name": self.name, "credit": self.credit, "in_flight": len(self.inflight),
+                "processes": sorted(self.processes)}
+
+
+class TaskQueues:
+    """Per-process FIFO queues with blocking, delayed retries and round-robin selection."""
+
+    def __init__(self) -> None:
+        self.queues: dict[str, deque[Entry]] = {}
+        self.blocked: dict[str, str] = {}  # process -> reason
+        self._ring: deque[str] = deque()  # processes in round-robin order
+        self._delayed: list[tuple[float, int, Entry]] = []
+        self._seq = itertools.count()
+        self.size = 0  # tasks in the queues (delayed ones not included)
+
+    # -- adding -------------------------------------------------------------------------
+    def push(self, entry: Entry) -> None:
+        """Append a new task at the back of its process's queue."""
+        self._queue(entry.process).append(entry)
+        self.size += 1
+
+    def push_front(self, entries: Iterable[Entry]) -> None:
+        """Put tasks back at the front of their queues, keeping their relative order."""
+        for entry in reversed(list(entries)):
+            self._queue(entry.process).appendleft(entry)
+            self.size += 1
+
+    def delay(self, entry: Entry, due: float) -> None:
+        heapq.heappush(self._delayed, (due, next(self._seq), entry))
+
+    def release_due(self, now: float) -> int:
+        """Move delayed tasks whose time has come to the front of their queues."""
+        heap, released = self._delayed, []
+        while heap and heap[0][0] <= now:
+            released.append(heapq.heappop(heap)[2])
+        if released:
+            self.push_front(released)
+        return len(released)
+
+    def next_due(self) -> float | None:
+        return self._delayed[0][0] if self._delayed else None
+
+    # -- taking -------------------------------------------------------------------------
+    def take(self, processes: frozenset[str], n: int) -> list[Entry]:
+        """Up to n tasks of the given processes, round robin across processes, FIFO within."""
+        blocked, queues = self.blocked, self.queues
+        eligible = [p for p in self._ring if queues[p] and p in processes and p not in blocked]
+        if not eligible or n <= 0:
+            return []
+        out: list[Entry] = []
+        if len(eligible) == 1:
+            q = queues[eligible[0]]
+            out.extend(q.popleft() for _ in range(min(n, len(q))))
+            last = eligible[0]
+        else:
+            last = self._round_robin(eligible, n, out)
+        self.size -= len(out)
+        self._ring.rotate(-(self._ring.index(last) + 1))
+        return out
+
+    def _round_robin(self, eligible: list[str], n: int, out: list[Entry]) -> str:
+        queues, last = self.queues, eligible[0]
+        while eligible:
+            still: list[str] = []
+            for p in eligible:
+                q = queues[p]
+                out.append(q.popleft())
+                last = p
+                if len(out) >= n:
+                    return last
+                if q:
+                    still.append(p)
+            eligible = still
+        return last
+
+    def has_work(self) -> bool:
+        """Whether some task waits in a queue that is not blocked."""
+        return self.size > self.parked()
+
+    # -- blocking -----------------------------------------------------------------------
+    def block(self, process: str, reason: str) -> bool:
+        """Park a process's tasks; False when it was already blocked."""
+        fresh = process not in self.blocked
+        self.blocked[process] = reason
+        return fresh
+
+    def unblock(self, process: str) -> bool:
+        return self.blocked.pop(process, None) is not None
+
+    # -- figures and housekeeping -------------------------------------------------------
+    def parked(self) -> int:
+        queues = self.queues
+        return sum(len(queues[p]) for p in self.blocked if p in queues)
+
+    def delayed(self) -> int:
+        return len(self._delayed)
+
+    def counts(self) -> dict[str, int]:
+        return {p: len(q) for p, q in self.queues.items() if q}
+
+    def prune(self) -> None:
+        """Forget processes whose queues are empty (hostile names must not pile up)."""
+        empty = [p for p, q in self.queues.items() if not q]
+        if empty:
+            for p in empty:
+                del self.queues[p]
+            self._ring = deque(p for p in self._ring if p in self.queues)
+
+    def _queue(self, process: str) -> deque[Entry]:
+        q = self.queues.get(process)
+        if q is None:
+            q = self.queues[process] = deque()
+            self._ring.append(process)
+        return q
