@@ -169,7 +169,8 @@ def split_envelope(frames: list[Any]) -> tuple[bytes, list[Any]]:
 
 
 def error(code: str, reason: str) -> list[Any]:
-    return encode(Cmd.ERROR, {"code": code, "reason": reason, "supported": list(SUPPORTED_VERSIONS)})
+    header = {"code": code, "reason": reason, "supported": list(SUPPORTED_VERSIONS)}
+    return encode(Cmd.ERROR, header)
 
 
 def _bytes(frame: Any) -> bytes:

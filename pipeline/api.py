@@ -1,0 +1,180 @@
+"""The user-facing model: `@process` contracts, `StateUpdate`, and typed decisions.
+
+A process is a plain Python function taking a context and keyword arguments::
+
+    @process(inputs=["count"], outputs=["count"])
+    def increment(ctx, by: int = 1):
+        return {"count": ctx.get("count", 0) + by}
+
+It returns a `StateUpdate` (a plain dict is shorthand for its `data`). Keys named
+`heavy.<name>` hold numpy arrays in shared memory (the heavy zone).
+"""
+
+from __future__ import annotations
+
+import importlib
+import types
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from pipeline.errors import ContractError, PipelineError, UnknownProcessError
+
+HEAVY_PREFIX = "heavy."
+_SPEC_ATTR = "__pipeline_process__"
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessSpec:
+    """A process's name, function and contract."""
+
+    name: str
+    func: Callable[..., Any]
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+
+    @property
+    def heavy_inputs(self) -> tuple[str, ...]:
+        return tuple(k for k in self.inputs if k.startswith(HEAVY_PREFIX))
+
+
+def process(
+    inputs: Iterable[str] = (), outputs: Iterable[str] = (), *, name: str | None = None
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Declare a process: the state keys it may read (`inputs`) and write (`outputs`)."""
+    ins, outs = tuple(inputs), tuple(outputs)
+    for key in (*ins, *outs):
+        if not isinstance(key, str) or not key:
+            raise ContractError(f"contract keys must be non-empty strings, got {key!r}")
+
+    def wrap(func: Callable[..., Any]) -> Callable[..., Any]:
+        spec = ProcessSpec(name or func.__name__, func, ins, outs)
+        setattr(func, _SPEC_ATTR, spec)
+        return func
+
+    return wrap
+
+
+def spec_of(obj: Any) -> ProcessSpec | None:
+    spec = getattr(obj, _SPEC_ATTR, None)
+    return spec if isinstance(spec, ProcessSpec) else None
+
+
+def load_app(module: str | types.ModuleType) -> dict[str, ProcessSpec]:
+    """Import a user module and collect its processes by name."""
+    mod = importlib.import_module(module) if isinstance(module, str) else module
+    specs: dict[str, ProcessSpec] = {}
+    for value in vars(mod).values():
+        spec = spec_of(value)
+        if spec is None:
+            continue
+        if spec.name in specs and specs[spec.name].func is not spec.func:
+            raise ContractError(f"two processes named {spec.name!r} in {mod.__name__}")
+        specs[spec.name] = spec
+    if not specs:
+        raise UnknownProcessError(f"module {mod.__name__!r} declares no @process")
+    return specs
+
+
+@dataclass(frozen=True, slots=True)
+class Signal:
+    """An outbox message released to subscribers only after its update commits."""
+
+    topic: str
+    payload: bytes = b""
+
+
+@dataclass(frozen=True, slots=True)
+class FollowUp:
+    """A task released to the broker only after its update commits."""
+
+    process: str
+    args: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class StateUpdate:
+    """What a process returns: small values (`data`), heavy arrays (`heavy`), an outbox
+    (`signals`, `tasks`), and optionally the global version it assumes (`assert_version`)."""
+
+    data: dict[str, Any] = field(default_factory=dict)
+    heavy: dict[str, Any] = field(default_factory=dict)
+    signals: list[Signal] = field(default_factory=list)
+    tasks: list[FollowUp] = field(default_factory=list)
+    assert_version: int | None = None
+
+    @classmethod
+    def coerce(cls, result: Any) -> StateUpdate:
+        """Accept a StateUpdate, a dict (shorthand for `data`) or None (no writes)."""
+        if isinstance(result, StateUpdate):
+            return result
+        if result is None:
+            return cls()
+        if isinstance(result, Mapping):
+            return cls(data=dict(result))
+        raise ContractError(
+            f"a process must return a StateUpdate, a dict or None, not {type(result).__name__}"
+        )
+
+
+class Status(StrEnum):
+    COMMITTED = "committed"
+    REJECTED = "rejected"
+    CONFLICT = "conflict"
+    DUPLICATE = "duplicate"
+    BLOCKED = "blocked"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """The sink's decision on one task, as a producer receives it."""
+
+    task: str
+    status: Status
+    process: str
+    attempt: int = 0
+    version: int = 0
+    reason: str = ""
+    rule: str | None = None
+    level: str | None = None
+    error_type: str | None = None
+    error_message: str | None = None
+    traceback: str | None = None
+
+    @property
+    def committed(self) -> bool:
+        return self.status is Status.COMMITTED
+
+    @classmethod
+    def from_wire(cls, d: Mapping[str, Any]) -> Decision:
+        err = d.get("error") or {}
+        return cls(
+            task=str(d.get("task", "")),
+            status=Status(d.get("status", "rejected")),
+            process=str(d.get("process", "")),
+            attempt=int(d.get("attempt") or 0),
+            version=int(d.get("version") or 0),
+            reason=str(d.get("reason") or ""),
+            rule=d.get("rule"),
+            level=d.get("level"),
+            error_type=err.get("type") if isinstance(err, Mapping) else None,
+            error_message=err.get("message") if isinstance(err, Mapping) else None,
+            traceback=err.get("traceback") if isinstance(err, Mapping) else None,
+        )
+
+    def raise_for_status(self) -> Decision:
+        """Return self if committed, else raise TaskFailed carrying this decision."""
+        if not self.committed:
+            raise TaskFailed(self)
+        return self
+
+
+class TaskFailed(PipelineError):
+    """A task's decision was not a commit; `.decision` tells why."""
+
+    def __init__(self, decision: Decision) -> None:
+        detail = decision.reason or f"{decision.error_type}: {decision.error_message}"
+        super().__init__(f"task {decision.task} {decision.status.value}: {detail}")
+        self.decision = decision

@@ -1,0 +1,182 @@
+"""Producers publish tasks to the broker and collect their decisions.
+
+    producer = Producer("ipc:///run/pipeline/frontend.sock")
+    handle = producer.submit("increment", by=2)
+    decision = handle.result(timeout=5)     # Decision(status=committed, version=...)
+
+A Producer owns one DEALER socket and is used from one thread. Submissions are pipelined:
+`submit` sends at once and returns a `TaskHandle`; acknowledgements and results are read
+whenever any handle waits.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import time
+import uuid
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any
+
+import zmq
+
+from pipeline import protocol as proto
+from pipeline.api import Decision
+from pipeline.errors import Busy, DecodeError, PipelineError, SubmitRejected, TaskTimeout
+from pipeline.protocol import Cmd
+
+
+class TaskHandle:
+    """A submitted task: its id, and its decision once the sink has made it."""
+
+    __slots__ = ("_producer", "id", "process")
+
+    def __init__(self, producer: Producer, task_id: str, process: str) -> None:
+        self._producer = producer
+        self.id = task_id
+        self.process = process
+
+    def done(self) -> bool:
+        self._producer.poll(0)
+        return self.id in self._producer._decisions
+
+    def result(self, timeout: float | None = None) -> Decision:
+        """Wait for the decision (committed with its version, or why not)."""
+        return self._producer.wait(self.id, timeout)
+
+    def __repr__(self) -> str:
+        return f"TaskHandle({self.id!r}, {self.process!r})"
+
+
+class Producer:
+    def __init__(self, endpoint: str, *, ctx: zmq.Context[Any] | None = None,
+                 heavy: Any = None, max_message_bytes: int = 256 * 1024 * 1024) -> None:
+        self.ctx = ctx or zmq.Context()
+        self._own_ctx = ctx is None
+        self.sock = self.ctx.socket(zmq.DEALER)
+        self.sock.setsockopt(zmq.LINGER, 2000)
+        self.sock.setsockopt(zmq.MAXMSGSIZE, max_message_bytes)
+        self.sock.setsockopt(zmq.SNDHWM, 0)
+        self.sock.connect(endpoint)
+        self._heavy = heavy
+        self._prefix = f"{uuid.uuid4().hex[:12]}-{os.getpid()}-"
+        self._seq = itertools.count(1)
+        self._decisions: dict[str, Decision] = {}
+        self._rejected: dict[str, PipelineError] = {}
+        self.unacked: dict[str, dict[str, Any]] = {}
+
+    def close(self) -> None:
+        self.sock.close(linger=2000)
+        if self._own_ctx:
+            self.ctx.term()
+
+    def __enter__(self) -> Producer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- submitting ------------------------------------------------------------------------
+    def submit(self, process: str, /, *, heavy: Mapping[str, Any] | None = None,
+               task_id: str | None = None, **args: Any) -> TaskHandle:
+        """Publish one task. `heavy` attaches numpy arrays (sent as shared-memory
+        descriptors); `task_id` makes a resubmission idempotent."""
+        return self.submit_many(process, [args], heavy=heavy, task_ids=task_id and [task_id])[0]
+
+    def submit_many(self, process: str, args_list: Iterable[Mapping[str, Any]], *,
+                    heavy: Mapping[str, Any] | None = None,
+                    task_ids: list[str] | None = None) -> list[TaskHandle]:
+        """Publish many tasks of one process in one message."""
+        tasks = []
+        for i, args in enumerate(args_list):
+            tid = task_ids[i] if task_ids else self._prefix + str(next(self._seq))
+            task: dict[str, Any] = {"id": tid, "process": process, "args": dict(args)}
+            if heavy:
+                task["heavy"] = self._attach(heavy)
+            tasks.append(task)
+        self._send(tasks)
+        return [TaskHandle(self, t["id"], process) for t in tasks]
+
+    def _attach(self, heavy: Mapping[str, Any]) -> dict[str, Any]:
+        if self._heavy is None:
+            from pipeline.heavy.backend import WorkerHeavy
+            self._heavy = WorkerHeavy(os.environ.get("PIPELINE_NAMESPACE", "default"))
+        return {name: self._heavy.export(arr) for name, arr in heavy.items()}
+
+    def _send(self, tasks: list[dict[str, Any]]) -> None:
+        for task in tasks:
+            self.unacked[task["id"]] = task
+        self.sock.send_multipart(proto.encode(Cmd.SUBMIT, {"tasks": tasks}))
+
+    # -- receiving -------------------------------------------------------------------------
+    def poll(self, timeout_ms: int) -> int:
+        """Read acknowledgements and results for up to `timeout_ms`; return messages read."""
+        n = 0
+        while self.sock.poll(timeout_ms if n == 0 else 0):
+            self._handle(self.sock.recv_multipart())
+            n += 1
+        return n
+
+    def _handle(self, frames: list[bytes]) -> None:
+        try:
+            msg = proto.decode(frames)
+        except DecodeError:
+            return
+        if msg.cmd is Cmd.RESULT:
+            for d in msg.header["decisions"]:
+                decision = Decision.from_wire(d)
+                self._decisions[decision.task] = decision
+                self.unacked.pop(decision.task, None)
+        elif msg.cmd is Cmd.ACCEPTED:
+            for tid in msg.header["ids"]:
+                self.unacked.pop(tid, None)
+        elif msg.cmd is Cmd.REJECTED:
+            self._on_rejected(msg.header)
+
+    def _on_rejected(self, header: dict[str, Any]) -> None:
+        code, reason = header["code"], header["reason"]
+        exc: PipelineError = (Busy(reason, int(header.get("retry_after_ms") or 0))
+                              if code == "busy" else SubmitRejected(code, reason))
+        for tid in header["ids"]:
+            self._rejected[tid] = exc
+            self.unacked.pop(tid, None)
+
+    def wait(self, task_id: str, timeout: float | None = None) -> Decision:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while task_id not in self._decisions:
+            if task_id in self._rejected:
+                raise self._rejected.pop(task_id)
+            left = 1000 if deadline is None else int((deadline - time.monotonic()) * 1000)
+            if left <= 0:
+                raise TaskTimeout(f"no decision for task {task_id} within {timeout}s")
+            self.poll(min(left, 1000))
+        return self._decisions.pop(task_id)
+
+    def as_completed(self, handles: Iterable[TaskHandle], timeout: float | None = None
+                     ) -> Iterator[Decision]:
+        """Yield decisions in the order they arrive; TaskTimeout if the deadline passes."""
+        waiting = {h.id for h in handles}
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while waiting:
+            for tid in [t for t in self._decisions if t in waiting]:
+                waiting.discard(tid)
+                yield self._decisions.pop(tid)
+            for tid in [t for t in self._rejected if t in waiting]:
+                waiting.discard(tid)
+                raise self._rejected.pop(tid)
+            if not waiting:
+                return
+            left = 1000 if deadline is None else int((deadline - time.monotonic()) * 1000)
+            if left <= 0:
+                raise TaskTimeout(f"{len(waiting)} tasks without a decision after {timeout}s")
+            self.poll(min(left, 200))
+
+    def results(self, handles: Iterable[TaskHandle], timeout: float | None = None
+                ) -> list[Decision]:
+        """Wait for many decisions (one deadline for all)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        out = []
+        for h in handles:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            out.append(self.wait(h.id, left))
+        return out

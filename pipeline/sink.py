@@ -1,0 +1,216 @@
+"""The sink supervisor: the only writer of the state.
+
+One thread, one poller:
+
+    updates  PULL   <- workers   UPDATE (passed to the engine as raw header bytes)
+    events   PUB    -> everyone  COMMIT
+    sync     ROUTER <- clients   SNAPSHOT_REQ / UNBLOCK / STATUS_REQ
+    control  DEALER -> broker    HELLO, DECISION, BLOCKED, UNBLOCKED
+
+Each pass drains up to `batch_max` UPDATE messages and hands them to the Rust engine in
+one `apply_batch` call (decode, de-duplicate, contract, audit, compare-and-swap, journal,
+all without the GIL). The commits are published, then the decisions go to the broker.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import zmq
+
+from pipeline import protocol as proto
+from pipeline._engine import Batch, Engine
+from pipeline.api import ProcessSpec, load_app
+from pipeline.config import SinkConfig
+from pipeline.errors import DecodeError
+from pipeline.protocol import Cmd
+
+log = logging.getLogger(__name__)
+
+
+class Sink:
+    def __init__(self, config: SinkConfig, specs: dict[str, ProcessSpec] | None = None,
+                 ctx: zmq.Context[Any] | None = None) -> None:
+        self.config = config
+        self.specs = specs if specs is not None else load_app(config.app)
+        self.engine = Engine(config.journal_dir, fsync=config.fsync,  # type: ignore[arg-type]
+                             fsync_interval_ms=config.fsync_interval_ms,
+                             strict=config.strict, recipes=config.recipes)
+        for spec in self.specs.values():
+            self.engine.register(spec.name, list(spec.inputs), list(spec.outputs))
+        self.ctx = ctx or zmq.Context()
+        self._own_ctx = ctx is None
+        self.counters: dict[str, int] = {"updates": 0, "commits": 0, "batches": 0}
+        self.malformed: dict[str, int] = {}
+        self.stop_reason: str | None = None
+        self._sockets()
+
+    def _sockets(self) -> None:
+        ep = self.config.endpoints
+        self.updates = self._socket(zmq.PULL, ep.updates, bind=True)
+        self.events = self._socket(zmq.PUB, ep.events, bind=True)
+        self.sync = self._socket(zmq.ROUTER, ep.sync, bind=True)
+        self.sync.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        self.control = self._socket(zmq.DEALER, ep.control, bind=False)
+        self.control.send_multipart(proto.encode(
+            Cmd.HELLO, {"role": "sink", "versions": list(proto.SUPPORTED_VERSIONS)}))
+        self.poller = zmq.Poller()
+        self.poller.register(self.updates, zmq.POLLIN)
+        self.poller.register(self.sync, zmq.POLLIN)
+        self.poller.register(self.control, zmq.POLLIN)
+
+    def _socket(self, kind: int, endpoint: str, *, bind: bool) -> zmq.Socket[Any]:
+        sock = self.ctx.socket(kind)
+        sock.setsockopt(zmq.LINGER, 2000)
+        sock.setsockopt(zmq.MAXMSGSIZE, self.config.max_message_bytes)
+        if kind == zmq.PUB:
+            sock.setsockopt(zmq.SNDHWM, 1_000_000)
+        if bind:
+            sock.bind(endpoint)
+        else:
+            sock.connect(endpoint)
+        return sock
+
+    def close(self) -> None:
+        self.engine.flush()
+        self.engine.close()
+        for sock in (self.updates, self.events, self.sync, self.control):
+            sock.close(linger=2000)
+        if self._own_ctx:
+            self.ctx.term()
+
+    # -- loop ------------------------------------------------------------------------------
+    def run(self, ready: Callable[[], None] | None = None,
+            stop: threading.Event | None = None) -> int:
+        if ready is not None:
+            ready()
+        while (stop is None or not stop.is_set()) and self.stop_reason is None:
+            self.run_once(50)
+        if self.stop_reason is not None:
+            log.error("sink: pipeline stopped by an S-level rule: %s", self.stop_reason)
+            return 3
+        return 0
+
+    def run_once(self, timeout_ms: int = 50) -> None:
+        for sock, _ in self.poller.poll(timeout_ms):
+            if sock is self.updates:
+                self._on_updates()
+            elif sock is self.sync:
+                self._drain_sync()
+            else:
+                self._drain_control()
+        self.engine.tick()
+
+    def _on_updates(self) -> None:
+        frames = []
+        for _ in range(self.config.batch_max):
+            try:
+                msg = self.updates.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            header = self._update_header(msg)
+            if header is not None:
+                frames.append(header)
+        if frames:
+            self._decide(frames)
+
+    def _update_header(self, msg: list[bytes]) -> bytes | None:
+        try:
+            if len(msg) < 2:
+                raise DecodeError("too-few-frames")
+            if proto.decode_prefix(msg[0]) is not Cmd.UPDATE:
+                raise DecodeError("unexpected-command")
+        except DecodeError as exc:
+            self._count_malformed(exc.reason)
+            return None
+        return msg[1]
+
+    def _decide(self, frames: list[bytes]) -> None:
+        batch = self.engine.apply_batch(frames)
+        self.counters["batches"] += 1
+        self.counters["updates"] += len(batch)
+        self.counters["commits"] += batch.commits
+        for reason in batch.malformed:
+            self._count_malformed(reason)
+        if batch.events is not None:
+            self.events.send_multipart(proto.encode_raw(Cmd.COMMIT, batch.events))
+        self._send_control(proto.encode_raw(Cmd.DECISION, batch.decisions))
+        self._after_batch(batch)
+
+    def _after_batch(self, batch: Batch) -> None:
+        for process, reason in batch.newly_blocked:
+            log.warning("sink: process %s blocked: %s", process, reason)
+            self._send_control(proto.encode(Cmd.BLOCKED, {"process": process, "reason": reason}))
+        if batch.stop is not None:
+            self.stop_reason = batch.stop
+
+    def _count_malformed(self, reason: str) -> None:
+        self.malformed[reason] = self.malformed.get(reason, 0) + 1
+        log.warning("sink: malformed update dropped (%s)", reason)
+
+    def _send_control(self, frames: list[Any]) -> None:
+        self.control.send_multipart(frames)
+
+    # -- sync socket -----------------------------------------------------------------------
+    def _drain_sync(self) -> None:
+        for _ in range(1000):
+            try:
+                frames = self.sync.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            self._on_sync(frames)
+
+    def _on_sync(self, frames: list[bytes]) -> None:
+        try:
+            ident, rest = proto.split_envelope(frames)
+            msg = proto.decode(rest)
+        except DecodeError as exc:
+            self._count_malformed(exc.reason)
+            if len(frames) > 1:
+                self._reply(frames[0], proto.error("malformed", exc.reason))
+            return
+        if msg.cmd is Cmd.SNAPSHOT_REQ:
+            self._reply(ident, proto.encode_raw(Cmd.SNAPSHOT, self.engine.snapshot()))
+        elif msg.cmd is Cmd.UNBLOCK:
+            self._unblock(ident, msg.header["process"])
+        elif msg.cmd is Cmd.STATUS_REQ:
+            self._reply(ident, proto.encode(Cmd.STATUS, self.status()))
+        else:
+            self._count_malformed("unexpected-command")
+            self._reply(ident, proto.error("unexpected-command", msg.cmd.name))
+
+    def _unblock(self, ident: bytes, process: str) -> None:
+        was = self.engine.unblock(process)
+        self._send_control(proto.encode(Cmd.UNBLOCKED, {"process": process}))
+        self._reply(ident, proto.encode(Cmd.STATUS, {"role": "sink", "unblocked": was}))
+
+    def _reply(self, ident: bytes, frames: list[Any]) -> None:
+        try:
+            self.sync.send_multipart([ident, *frames], zmq.NOBLOCK)
+        except (zmq.Again, zmq.ZMQError) as exc:
+            log.warning("sink: reply to a sync client failed: %s", exc)
+
+    def _drain_control(self) -> None:
+        for _ in range(1000):
+            try:
+                frames = self.control.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            try:
+                msg = proto.decode(frames)
+            except DecodeError as exc:
+                self._count_malformed(exc.reason)
+                continue
+            if msg.cmd is Cmd.ERROR:
+                log.warning("sink: broker reported %s", msg.header.get("reason"))
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "role": "sink", "version": self.engine.version, "blocked": self.engine.blocked(),
+            "counters": dict(self.counters), "malformed": dict(self.malformed),
+            "time": time.time(),
+        }

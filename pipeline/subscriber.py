@@ -1,0 +1,150 @@
+"""Subscribers consume committed changes, in version order.
+
+    with Subscriber(events_endpoint, sync_endpoint) as sub:
+        for change in sub.changes(timeout=5):
+            print(change.version, change.process, change.values)
+
+A subscriber that starts from a version (`from_version`) or detects a gap asks the sink for a
+snapshot and goes on from it; the snapshot is delivered as a `Change` with `resync=True`
+holding every key.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import zmq
+
+from pipeline import protocol as proto
+from pipeline.errors import DecodeError, TaskTimeout
+from pipeline.protocol import Cmd
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """One committed update (or, with `resync`, the whole state at `version`)."""
+
+    version: int
+    task: str
+    process: str
+    values: dict[str, Any]
+    signals: list[dict[str, Any]] = field(default_factory=list)
+    resync: bool = False
+
+    @property
+    def keys(self) -> list[str]:
+        return list(self.values)
+
+
+class Subscriber:
+    def __init__(self, events: str, sync: str | None = None, *, from_version: int | None = None,
+                 ctx: zmq.Context[Any] | None = None) -> None:
+        self.ctx = ctx or zmq.Context()
+        self._own_ctx = ctx is None
+        self.sub = self.ctx.socket(zmq.SUB)
+        self.sub.setsockopt(zmq.LINGER, 0)
+        self.sub.setsockopt(zmq.RCVHWM, 0)
+        self.sub.setsockopt(zmq.SUBSCRIBE, bytes((proto.VERSION, Cmd.COMMIT)))
+        self.sub.connect(events)
+        self.sync: zmq.Socket[Any] | None = None
+        if sync is not None:
+            self.sync = self.ctx.socket(zmq.DEALER)
+            self.sync.setsockopt(zmq.LINGER, 0)
+            self.sync.connect(sync)
+        self.version = from_version if from_version is not None else -1
+        self._queue: deque[Change] = deque()
+        self._buffered: list[dict[str, Any]] = []
+        self._resyncing = from_version is not None and self.sync is not None
+        if self._resyncing:
+            self._request_snapshot()
+
+    def close(self) -> None:
+        self.sub.close()
+        if self.sync is not None:
+            self.sync.close()
+        if self._own_ctx:
+            self.ctx.term()
+
+    def __enter__(self) -> Subscriber:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def wait_connected(self, timeout: float = 5.0) -> None:
+        """Block until the subscription is live (a snapshot round-trip proves the sink is
+        reachable; PUB/SUB joins are asynchronous)."""
+        if self.sync is None:
+            return
+        self._request_snapshot()
+        self._resyncing = True
+        self.next(timeout)
+
+    def _request_snapshot(self) -> None:
+        if self.sync is not None:
+            self.sync.send_multipart(proto.encode(Cmd.SNAPSHOT_REQ, {"keys": None}))
+
+    def next(self, timeout: float | None = None) -> Change:
+        """The next change; raises TaskTimeout if none arrives in time."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not self._queue:
+            left = 1000 if deadline is None else int((deadline - time.monotonic()) * 1000)
+            if left <= 0:
+                raise TaskTimeout(f"no committed change within {timeout}s")
+            self._poll(left)
+        return self._queue.popleft()
+
+    def changes(self, timeout: float | None = None) -> Iterator[Change]:
+        """Iterate changes until none arrives for `timeout` seconds (forever if None)."""
+        while True:
+            try:
+                yield self.next(timeout)
+            except TaskTimeout:
+                return
+
+    __iter__ = changes
+
+    def _poll(self, timeout_ms: int) -> None:
+        poller = zmq.Poller()
+        poller.register(self.sub, zmq.POLLIN)
+        if self.sync is not None:
+            poller.register(self.sync, zmq.POLLIN)
+        for sock, _ in poller.poll(timeout_ms):
+            try:
+                msg = proto.decode(sock.recv_multipart())
+            except DecodeError:
+                continue
+            if msg.cmd is Cmd.COMMIT:
+                self._on_events(msg.header["events"])
+            elif msg.cmd is Cmd.SNAPSHOT:
+                self._on_snapshot(msg.header)
+
+    def _on_events(self, events: list[dict[str, Any]]) -> None:
+        if self._resyncing:
+            self._buffered.extend(events)
+            return
+        for ev in events:
+            version = ev["version"]
+            if version <= self.version:
+                continue
+            if self.version >= 0 and version != self.version + 1 and self.sync is not None:
+                self._resyncing = True
+                self._request_snapshot()
+                return
+            self.version = version
+            self._queue.append(Change(version, ev["task"], ev["process"], ev["writes"],
+                                      ev.get("signals") or []))
+
+    def _on_snapshot(self, header: dict[str, Any]) -> None:
+        if not self._resyncing:
+            return
+        self._resyncing = False
+        self.version = header["version"]
+        values = {k: v[1] for k, v in header["state"].items()}
+        self._queue.append(Change(self.version, "", "", values, resync=True))
+        buffered, self._buffered = self._buffered, []
+        self._on_events(buffered)

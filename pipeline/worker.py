@@ -1,0 +1,243 @@
+"""The worker runtime: pure Python (never imports pipeline._engine).
+
+One thread, one poller over four sockets:
+
+    backend  DEALER -> broker   READY / HEARTBEAT  <-  DISPATCH / HEARTBEAT
+    updates  PUSH   -> sink     UPDATE
+    events   SUB    <- sink     COMMIT (keeps the state replica current)
+    sync     DEALER -> sink     SNAPSHOT_REQ  <-  SNAPSHOT
+
+The worker asks for a snapshot, then tells the broker it is READY with its credit. Every
+dispatched task runs through the one context factory; its StateUpdate (or its exception)
+goes to the sink, and the credit goes back to the broker.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import traceback
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+import zmq
+
+from pipeline import protocol as proto
+from pipeline.api import ProcessSpec, load_app
+from pipeline.config import WorkerConfig
+from pipeline.context import HeavyBackend, build_context, error_update, to_update
+from pipeline.errors import DecodeError, UnknownProcessError
+from pipeline.protocol import Cmd
+from pipeline.replica import StateReplica
+
+log = logging.getLogger(__name__)
+
+AFTER_WAIT_S = 2.0  # run a task anyway if the replica has not caught up by then
+
+
+class Worker:
+    def __init__(self, config: WorkerConfig, specs: dict[str, ProcessSpec] | None = None,
+                 heavy: HeavyBackend | None = None, ctx: zmq.Context[Any] | None = None) -> None:
+        self.config = config
+        self.specs = specs if specs is not None else load_app(config.app)
+        self.heavy = heavy if heavy is not None else _default_heavy(config.namespace)
+        self.replica = StateReplica()
+        self.ctx = ctx or zmq.Context()
+        self._own_ctx = ctx is None
+        self.pending: deque[tuple[float, dict[str, Any]]] = deque()
+        self.counters: dict[str, int] = {"tasks": 0, "errors": 0, "resyncs": 0, "malformed": 0}
+        self._buffered: list[dict[str, Any]] = []
+        self._snapshot_sent = 0.0
+        self._registered = False
+        self._last_send = self._last_recv = time.monotonic()
+        self._sockets()
+
+    # -- sockets ---------------------------------------------------------------------------
+    def _sockets(self) -> None:
+        ep = self.config.endpoints
+        self.backend = self._socket(zmq.DEALER, ep.backend)
+        self.updates = self._socket(zmq.PUSH, ep.updates)
+        self.events = self._socket(zmq.SUB, ep.events)
+        self.events.setsockopt(zmq.SUBSCRIBE, bytes((proto.VERSION, Cmd.COMMIT)))
+        self.sync = self._socket(zmq.DEALER, ep.sync)
+        self.poller = zmq.Poller()
+        for sock in (self.backend, self.events, self.sync):
+            self.poller.register(sock, zmq.POLLIN)
+
+    def _socket(self, kind: int, endpoint: str) -> zmq.Socket[Any]:
+        sock = self.ctx.socket(kind)
+        sock.setsockopt(zmq.LINGER, 1000)
+        sock.setsockopt(zmq.MAXMSGSIZE, self.config.max_message_bytes)
+        sock.connect(endpoint)
+        return sock
+
+    def close(self) -> None:
+        if self._registered:
+            self._send_backend(Cmd.DISCONNECT, {})
+        for sock in (self.backend, self.updates, self.events, self.sync):
+            sock.close(linger=1000)
+        if self._own_ctx:
+            self.ctx.term()
+
+    # -- loop ------------------------------------------------------------------------------
+    def run(self, ready: Callable[[], None] | None = None,
+            stop: threading.Event | None = None) -> int:
+        self.request_snapshot()
+        announced = False
+        while stop is None or not stop.is_set():
+            self.run_once(100)
+            if self._registered and not announced and ready is not None:
+                ready()
+                announced = True
+        log.info("worker %s stopping after %d tasks", self.config.name, self.counters["tasks"])
+        return 0
+
+    def run_once(self, timeout_ms: int = 100) -> None:
+        """One pass: receive what is ready, run runnable tasks, then housekeeping."""
+        wait = 0 if self._runnable() else timeout_ms
+        for sock, _ in self.poller.poll(wait):
+            self._drain(sock)
+        self._run_pending()
+        self._housekeeping()
+
+    def _drain(self, sock: zmq.Socket[Any]) -> None:
+        for _ in range(1000):
+            try:
+                frames = sock.recv_multipart(zmq.NOBLOCK, copy=True)
+            except zmq.Again:
+                return
+            self._handle(sock, frames)
+
+    def _handle(self, sock: zmq.Socket[Any], frames: list[bytes]) -> None:
+        try:
+            msg = proto.decode(frames)
+        except DecodeError as exc:
+            self.counters["malformed"] += 1
+            log.warning("worker: malformed message dropped (%s)", exc.reason)
+            return
+        if sock is self.backend:
+            self._last_recv = time.monotonic()
+        handler = self._handlers.get(msg.cmd)
+        if handler is None:
+            self.counters["malformed"] += 1
+            log.warning("worker: unexpected command %s", msg.cmd.name)
+            return
+        handler(self, msg.header)
+
+    # -- handlers --------------------------------------------------------------------------
+    def _on_dispatch(self, header: dict[str, Any]) -> None:
+        now = time.monotonic()
+        for task in header["tasks"]:
+            try:
+                self.pending.append((now, proto.check_task(task)))
+            except DecodeError as exc:
+                self.counters["malformed"] += 1
+                log.warning("worker: bad task in DISPATCH (%s)", exc.reason)
+
+    def _on_commit(self, header: dict[str, Any]) -> None:
+        if not self.replica.synced:
+            self._buffered.extend(header["events"])
+            return
+        if not self.replica.apply(header["events"]):
+            self.counters["resyncs"] += 1
+            log.info("worker: gap in the commit stream at %d; resyncing", self.replica.version)
+            self.request_snapshot()
+
+    def _on_snapshot(self, header: dict[str, Any]) -> None:
+        self.replica.load_snapshot(header)
+        buffered, self._buffered = self._buffered, []
+        if not self.replica.apply(buffered):
+            self.request_snapshot()
+            return
+        if not self._registered:
+            self._register()
+
+    def _on_heartbeat(self, header: dict[str, Any]) -> None:
+        pass
+
+    def _on_error(self, header: dict[str, Any]) -> None:
+        log.warning("worker: peer reported error %s: %s", header["code"], header["reason"])
+
+    _handlers: dict[Cmd, Callable[[Worker, dict[str, Any]], None]] = {
+        Cmd.DISPATCH: _on_dispatch,
+        Cmd.COMMIT: _on_commit,
+        Cmd.SNAPSHOT: _on_snapshot,
+        Cmd.HEARTBEAT: _on_heartbeat,
+        Cmd.ERROR: _on_error,
+    }
+
+    # -- work ------------------------------------------------------------------------------
+    def request_snapshot(self) -> None:
+        self.replica.synced = False
+        self._snapshot_sent = time.monotonic()
+        self.sync.send_multipart(proto.encode(Cmd.SNAPSHOT_REQ, {"keys": None}))
+
+    def _register(self) -> None:
+        self._send_backend(Cmd.READY, {
+            "credit": self.config.credit, "processes": sorted(self.specs),
+            "name": self.config.name, "versions": list(proto.SUPPORTED_VERSIONS),
+        })
+        self._registered = True
+
+    def _runnable(self) -> bool:
+        if not self.pending or not self.replica.synced:
+            return False
+        since, task = self.pending[0]
+        return task.get("after", 0) <= self.replica.version or \
+            time.monotonic() - since > AFTER_WAIT_S
+
+    def _run_pending(self) -> None:
+        updates = []
+        while self._runnable():
+            _, task = self.pending.popleft()
+            updates.append(self.execute(task))
+        if updates:
+            self.counters["tasks"] += len(updates)
+            self.updates.send_multipart(proto.encode(Cmd.UPDATE, {"updates": updates}))
+            self._send_backend(Cmd.READY, {"credit": len(updates)})
+
+    def execute(self, task: dict[str, Any]) -> dict[str, Any]:
+        """Run one task; return its wire Update (or the error it raised)."""
+        started = time.perf_counter()
+        try:
+            update = self._run(task)
+            proto.pack(update)  # every value must cross the wire: fail here, not later
+        except Exception as exc:  # the process's own failure is data for the sink
+            self.counters["errors"] += 1
+            update = error_update(task, exc, traceback.format_exc(limit=20))
+        update["worker"] = self.config.name
+        update["args"] = task.get("args", {})
+        update["run_us"] = int((time.perf_counter() - started) * 1e6)
+        return update
+
+    def _run(self, task: dict[str, Any]) -> dict[str, Any]:
+        spec = self.specs.get(task["process"])
+        if spec is None:
+            raise UnknownProcessError(f"process {task['process']!r} is not loaded here")
+        ctx = build_context(task, spec, self.replica, self.heavy)
+        result = spec.func(ctx, **task["args"])
+        return to_update(ctx, result, self.heavy)
+
+    # -- housekeeping ----------------------------------------------------------------------
+    def _housekeeping(self) -> None:
+        now = time.monotonic()
+        interval = self.config.heartbeat_interval_ms / 1000
+        if self._registered and now - self._last_send > interval:
+            self._send_backend(Cmd.HEARTBEAT, {})
+        if not self.replica.synced and now - self._snapshot_sent > \
+                self.config.snapshot_timeout_ms / 1000:
+            self.request_snapshot()
+
+    def _send_backend(self, cmd: Cmd, header: dict[str, Any]) -> None:
+        self.backend.send_multipart(proto.encode(cmd, header))
+        self._last_send = time.monotonic()
+
+
+def _default_heavy(namespace: str) -> HeavyBackend | None:
+    try:
+        from pipeline.heavy.backend import WorkerHeavy
+    except ImportError:
+        return None
+    return WorkerHeavy(namespace)
