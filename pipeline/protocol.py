@@ -100,9 +100,8 @@ def unpack(data: bytes | memoryview) -> Any:
     if len(data) > MAX_HEADER_BYTES:
         raise DecodeError("header-too-large")
     try:
-        return msgpack.unpackb(
-            data, raw=False, strict_map_key=True, use_list=True, max_buffer_size=MAX_HEADER_BYTES
-        )
+        # unpackb bounds every str/bin/array/map length by the input's own size.
+        return msgpack.unpackb(data, raw=False, strict_map_key=True, use_list=True)
     except (ValueError, TypeError, msgpack.ExtraData, msgpack.FormatError,
             msgpack.StackError, UnicodeDecodeError) as exc:
         raise DecodeError("bad-msgpack") from exc
