@@ -19,7 +19,7 @@ import threading
 import time
 from collections import Counter, OrderedDict, deque
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeGuard
 
 import zmq
 
@@ -582,7 +582,7 @@ def _rejected(ids: list[str], code: str, reason: str, retry_after_ms: int) -> li
                                  "retry_after_ms": retry_after_ms})
 
 
-def _str_list(value: Any, limit: int) -> bool:
+def _str_list(value: Any, limit: int) -> TypeGuard[list[str]]:
     return (isinstance(value, list) and 0 < len(value) <= limit
             and all(isinstance(v, str) and v for v in value))
 
