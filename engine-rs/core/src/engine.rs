@@ -1,0 +1,471 @@
+//! The decision pipeline: dedup -> admit -> error -> contract -> audit -> CAS -> commit,
+//! with one group commit to the journal per batch.
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::audit_api::{ArrayField, Audit, AuditInput, Failure, Finding, Verdict};
+use crate::decision::{Decision, Status};
+use crate::error::{EngineError, Result};
+use crate::journal::{Fsync, Journal};
+use crate::msgpack::put;
+use crate::store::Store;
+use crate::update::{decode, FrameUpdates, Scratch, Update};
+
+/// Engine options.
+#[derive(Clone, Copy, Debug)]
+pub struct Config {
+    pub fsync: Fsync,
+    /// Strict mode: an update's `base` must equal the global version.
+    pub strict: bool,
+}
+
+struct Contract {
+    name: Arc<str>,
+    inputs: HashSet<Box<str>>,
+    outputs: HashSet<Box<str>>,
+}
+
+/// The outcome of one batch.
+#[derive(Default, Debug)]
+pub struct BatchOut {
+    pub decisions: Vec<Decision>,
+    /// `{"decisions": [...]}`.
+    pub decisions_msg: Vec<u8>,
+    /// `{"events": [...]}`, None when nothing committed.
+    pub events_msg: Option<Vec<u8>>,
+    pub commits: usize,
+    pub stop: Option<String>,
+    pub newly_blocked: Vec<(String, String)>,
+    pub malformed: Vec<String>,
+}
+
+impl BatchOut {
+    fn block(&mut self, process: &str, reason: String) {
+        if !self.newly_blocked.iter().any(|(p, _)| p == process) {
+            self.newly_blocked.push((process.to_owned(), reason));
+        }
+    }
+}
+
+pub struct Engine {
+    store: Store,
+    journal: Journal,
+    contracts: HashMap<Box<str>, Contract>,
+    audit: Box<dyn Audit>,
+    strict: bool,
+    stopped: Option<String>,
+    unusable: Option<String>,
+    decisions: Vec<u8>,
+    events: Vec<u8>,
+}
+
+fn now() -> (u64, u64) {
+    let us = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64);
+    (us / 1000, us)
+}
+
+/// The back-off a conflicting attempt waits before its redispatch: 2, 4, 8, 16, 32, 50 ms.
+pub fn backoff_ms(attempt: u64) -> u64 {
+    (1u64 << attempt.clamp(1, 6)).min(50)
+}
+
+/// Wrap a list body as `{"<name>": [<count> items]}`.
+fn wrap(name: &str, count: usize, body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(body.len() + name.len() + 8);
+    put::map_len(&mut out, 1);
+    put::str(&mut out, name);
+    put::array_len(&mut out, count);
+    out.extend_from_slice(body);
+    out
+}
+
+impl Engine {
+    /// Open (or create) the journal in `dir` and replay it.
+    pub fn open(dir: &Path, config: Config, audit: Box<dyn Audit>) -> Result<Engine> {
+        let mut store = Store::default();
+        let journal = Journal::open(dir, config.fsync, &mut |i, p| store.replay(i, p))?;
+        Ok(Engine {
+            store,
+            journal,
+            contracts: HashMap::new(),
+            audit,
+            strict: config.strict,
+            stopped: None,
+            unusable: None,
+            decisions: Vec::new(),
+            events: Vec::new(),
+        })
+    }
+
+    pub fn register(&mut self, process: &str, inputs: &[String], outputs: &[String]) -> Result<()> {
+        if process.is_empty() || inputs.iter().chain(outputs).any(String::is_empty) {
+            return Err(EngineError::Engine(
+                "process and key names must not be empty".into(),
+            ));
+        }
+        let set = |keys: &[String]| keys.iter().map(|k| k.as_str().into()).collect();
+        let c = Contract {
+            name: Arc::from(process),
+            inputs: set(inputs),
+            outputs: set(outputs),
+        };
+        self.contracts.insert(process.into(), c);
+        Ok(())
+    }
+
+    pub fn version(&self) -> u64 {
+        self.store.version
+    }
+
+    pub fn get(&self, key: &str) -> Option<(u64, &[u8])> {
+        self.store
+            .state
+            .get(key)
+            .map(|s| (s.version, s.value.as_slice()))
+    }
+
+    pub fn snapshot(&self) -> Vec<u8> {
+        self.store.snapshot()
+    }
+
+    pub fn blocked(&self) -> Vec<String> {
+        self.audit.blocked()
+    }
+
+    pub fn unblock(&mut self, process: &str) -> bool {
+        self.audit.unblock(process)
+    }
+
+    pub fn journal_records(&self) -> u64 {
+        self.journal.records()
+    }
+
+    pub fn flush(&mut self) -> Result<()> {
+        self.usable()?;
+        self.guard(|j| j.commit().and_then(|()| j.sync()))
+    }
+
+    pub fn tick(&mut self) -> Result<()> {
+        self.usable()?;
+        self.guard(Journal::tick)
+    }
+
+    /// Flush and refuse every later call.
+    pub fn close(&mut self) -> Result<()> {
+        if self.unusable.is_none() {
+            self.flush()?;
+            self.unusable = Some("engine is closed".into());
+        }
+        Ok(())
+    }
+
+    fn usable(&self) -> Result<()> {
+        match &self.unusable {
+            Some(why) => Err(EngineError::Engine(why.clone())),
+            None => Ok(()),
+        }
+    }
+
+    /// Run a journal operation; a failure leaves memory ahead of disk, so it poisons the
+    /// engine (reopening replays the journal to a consistent state).
+    fn guard(&mut self, op: impl FnOnce(&mut Journal) -> Result<()>) -> Result<()> {
+        let res = op(&mut self.journal);
+        if let Err(e) = &res {
+            self.unusable = Some(format!("journal failed earlier ({e}); reopen the engine"));
+        }
+        res
+    }
+
+    /// Decide every update of every frame, in order; one journal write for the batch.
+    pub fn apply_batch(&mut self, frames: &[Vec<u8>]) -> Result<BatchOut> {
+        self.usable()?;
+        let (now_ms, now_us) = now();
+        let mut out = BatchOut::default();
+        self.decisions.clear();
+        self.events.clear();
+        let mut scratch = Scratch::default();
+        let mut u = Update::default();
+        for (fi, frame) in frames.iter().enumerate() {
+            let mut updates = match FrameUpdates::open(frame) {
+                Ok(f) => f,
+                Err(m) => {
+                    out.malformed.push(format!("frame {fi}: {m}"));
+                    continue;
+                }
+            };
+            let mut ui = 0;
+            while let Some(raw) = updates.next_raw() {
+                match raw.and_then(|raw| decode(raw, &mut u, &mut scratch)) {
+                    Ok(()) => self.decide_one(&u, &scratch, (now_ms, now_us), &mut out),
+                    Err(m) => out.malformed.push(format!("frame {fi} update {ui}: {m}")),
+                }
+                ui += 1;
+            }
+        }
+        self.guard(Journal::commit)?;
+        self.finish(&mut out);
+        Ok(out)
+    }
+
+    fn finish(&mut self, out: &mut BatchOut) {
+        out.decisions_msg = wrap("decisions", out.decisions.len(), &self.decisions);
+        if out.commits > 0 {
+            out.events_msg = Some(wrap("events", out.commits, &self.events));
+        }
+    }
+
+    fn decide_one(&mut self, u: &Update<'_>, s: &Scratch<'_>, now: (u64, u64), out: &mut BatchOut) {
+        let d = self.decide(u, s, now, out);
+        d.encode(&mut self.decisions);
+        out.decisions.push(d);
+    }
+
+    fn decide(
+        &mut self,
+        u: &Update<'_>,
+        s: &Scratch<'_>,
+        now: (u64, u64),
+        out: &mut BatchOut,
+    ) -> Decision {
+        if let Some(original) = self.store.dedup.get(u.task) {
+            return original.as_duplicate();
+        }
+        let process = match self.contracts.get(u.process) {
+            Some(c) => c.name.clone(),
+            None => Arc::from(u.process),
+        };
+        let mut d = Decision::new(Arc::from(u.task), process, u.attempt, Status::Committed);
+        let notes = self.judge(u, s, now.0, &mut d, out);
+        if let Some(notes) = &notes {
+            if self.conflict(u, s, &mut d) {
+                self.count(Failure::Conflict, &mut d, now.0, out);
+            } else {
+                self.commit(u, s, &mut d, out);
+            }
+            self.record(u, &d, notes, now.1);
+        } else {
+            self.record(u, &d, &[], now.1);
+        }
+        d
+    }
+
+    /// Everything before CAS. Some(notes) when the update may commit; otherwise `d` holds
+    /// the decision.
+    fn judge(
+        &mut self,
+        u: &Update<'_>,
+        s: &Scratch<'_>,
+        now: u64,
+        d: &mut Decision,
+        out: &mut BatchOut,
+    ) -> Option<Vec<Finding>> {
+        if let Some(reason) = &self.stopped {
+            d.status = Status::Blocked;
+            d.reason = format!("pipeline stopped: {reason}");
+            return None;
+        }
+        if let Err(reason) = self.audit.admit(u.process, now) {
+            (d.status, d.reason, d.blocked) = (Status::Blocked, reason, true);
+            return None;
+        }
+        if let Some(e) = &u.error {
+            (d.status, d.reason) = (Status::Failed, format!("{}: {}", e.kind, e.message));
+            d.error = Some(Box::new(e.clone()));
+            self.count(Failure::Exception, d, now, out);
+            return None;
+        }
+        if let Err(reason) = self.contract(u, s) {
+            (d.status, d.reason, d.rule) = (Status::Rejected, reason, Some("contract".into()));
+            self.count(Failure::Contract, d, now, out);
+            return None;
+        }
+        self.audit_check(u, s, now, d, out)
+    }
+
+    fn audit_check(
+        &mut self,
+        u: &Update<'_>,
+        s: &Scratch<'_>,
+        now: u64,
+        d: &mut Decision,
+        out: &mut BatchOut,
+    ) -> Option<Vec<Finding>> {
+        let arrays: Vec<ArrayField<'_>> = s
+            .heavy
+            .iter()
+            .map(|h| ArrayField {
+                name: h.key,
+                dtype: h.dtype,
+                shape: &s.shapes[h.shape.clone()],
+                data: None,
+            })
+            .collect();
+        let input = AuditInput {
+            process: u.process,
+            args: &s.args,
+            writes: &s.data,
+            arrays: &arrays,
+        };
+        let (finding, blocked) = match self.audit.check(&input, now) {
+            Verdict::Pass { notes } => return Some(notes),
+            Verdict::Reject { finding, blocked } => (finding, blocked),
+            Verdict::Stop { finding } => {
+                let reason = format!("rule {}: {}", finding.rule, finding.message);
+                out.stop = Some(reason.clone());
+                self.stopped = Some(reason);
+                (finding, None)
+            }
+        };
+        d.status = Status::Rejected;
+        (d.rule, d.level, d.reason) = (Some(finding.rule), Some(finding.level), finding.message);
+        if let Some(reason) = blocked {
+            d.blocked = true;
+            out.block(u.process, reason);
+        }
+        None
+    }
+
+    /// Count a non-rule failure with the auditor; mark the decision if it blocks.
+    fn count(&mut self, kind: Failure, d: &mut Decision, now: u64, out: &mut BatchOut) {
+        if let Some(reason) = self.audit.failure(&d.process, kind, now) {
+            d.blocked = true;
+            out.block(&d.process, reason);
+        }
+    }
+
+    fn contract(&self, u: &Update<'_>, s: &Scratch<'_>) -> std::result::Result<(), String> {
+        let Some(c) = self.contracts.get(u.process) else {
+            return Err(format!("unknown process {}", u.process));
+        };
+        for f in &s.data {
+            if !c.outputs.contains(f.name) || f.name.starts_with("heavy.") {
+                return Err(format!(
+                    "write to undeclared or heavy key {} as a small value",
+                    f.name
+                ));
+            }
+        }
+        for h in &s.heavy {
+            if !c.outputs.contains(h.key) || !h.key.starts_with("heavy.") {
+                return Err(format!(
+                    "heavy write to undeclared or non-heavy key {}",
+                    h.key
+                ));
+            }
+        }
+        if let Some((k, _)) = s
+            .reads
+            .iter()
+            .find(|(k, _)| !c.inputs.contains(*k) && !c.outputs.contains(*k))
+        {
+            return Err(format!("read of undeclared key {k}"));
+        }
+        blind_write(s).map_or(Ok(()), |k| {
+            Err(format!("write to {k} without its read version"))
+        })
+    }
+
+    /// Compare-and-swap; sets a conflict decision and returns true on a stale read.
+    fn conflict(&self, u: &Update<'_>, s: &Scratch<'_>, d: &mut Decision) -> bool {
+        let now = self.store.version;
+        let reason = match u.base {
+            Some(base) if self.strict && base != now => {
+                format!("global version moved (base {base}, now {now})")
+            }
+            _ => match s
+                .reads
+                .iter()
+                .find(|(k, v)| self.store.key_version(k) != *v)
+            {
+                Some((k, v)) => format!(
+                    "stale read of {k} (read {v}, now {})",
+                    self.store.key_version(k)
+                ),
+                None => return false,
+            },
+        };
+        (d.status, d.version, d.reason) = (Status::Conflict, now, reason);
+        d.rule = Some("cas".into());
+        d.retry_after_ms = backoff_ms(u.attempt);
+        true
+    }
+
+    fn commit(&mut self, u: &Update<'_>, s: &Scratch<'_>, d: &mut Decision, out: &mut BatchOut) {
+        d.version = self.store.apply(s);
+        self.audit.success(&d.process);
+        out.commits += 1;
+        self.encode_event(u, s, d);
+    }
+
+    /// `{version, task, process, writes: {key: value}, signals: [...]}` from raw bytes.
+    fn encode_event(&mut self, u: &Update<'_>, s: &Scratch<'_>, d: &Decision) {
+        let b = &mut self.events;
+        put::map_len(b, 5);
+        put::str(b, "version");
+        put::uint(b, d.version);
+        put::str(b, "task");
+        put::str(b, &d.task);
+        put::str(b, "process");
+        put::str(b, &d.process);
+        put::str(b, "writes");
+        put::map_len(b, s.data.len() + s.heavy.len());
+        for f in &s.data {
+            put::str(b, f.name);
+            b.extend_from_slice(f.value);
+        }
+        for h in &s.heavy {
+            put::str(b, h.key);
+            b.extend_from_slice(h.raw);
+        }
+        put::str(b, "signals");
+        match u.signals {
+            Some(raw) => b.extend_from_slice(raw),
+            None => put::array_len(b, 0),
+        }
+    }
+
+    /// Journal and remember a final decision (committed, rejected, failed).
+    fn record(&mut self, u: &Update<'_>, d: &Decision, notes: &[Finding], ts_us: u64) {
+        if !d.status.is_final() {
+            return;
+        }
+        self.journal.append(|b| {
+            put::map_len(b, 4);
+            put::str(b, "d");
+            d.encode(b);
+            put::str(b, "ts");
+            put::uint(b, ts_us);
+            put::str(b, "u");
+            b.extend_from_slice(u.raw);
+            put::str(b, "notes");
+            put::array_len(b, notes.len());
+            for n in notes {
+                put::array_len(b, 3);
+                put::str(b, &n.rule);
+                put::str(b, n.level.as_str());
+                put::str(b, &n.message);
+            }
+        });
+        self.store.dedup.insert(d.task.clone(), d.clone());
+    }
+}
+
+/// A written key that has no read version (a blind write), if any.
+fn blind_write<'a>(s: &Scratch<'a>) -> Option<&'a str> {
+    let written = s
+        .data
+        .iter()
+        .map(|f| f.name)
+        .chain(s.heavy.iter().map(|h| h.key));
+    if s.reads.len() <= 16 {
+        return written
+            .into_iter()
+            .find(|k| !s.reads.iter().any(|(r, _)| r == k));
+    }
+    let reads: HashSet<&str> = s.reads.iter().map(|(k, _)| *k).collect();
+    written.into_iter().find(|k| !reads.contains(k))
+}

@@ -1,0 +1,316 @@
+//! A tiny msgpack reader over a borrowed byte slice and an infallible writer into a `Vec<u8>`.
+//!
+//! Values are never decoded needlessly: `raw` returns the exact bytes of one value so that
+//! state values travel as msgpack bytes from the worker to the journal, the state and events.
+use rmp::Marker;
+
+/// A short, counter-friendly reason why bytes could not be decoded.
+pub type DecodeResult<T> = Result<T, &'static str>;
+
+/// A cursor over msgpack bytes. Every read checks bounds; nothing panics on bad input.
+pub struct Reader<'a> {
+    buf: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Reader<'a> {
+    pub fn new(buf: &'a [u8]) -> Self {
+        Reader { buf, pos: 0 }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.pos >= self.buf.len()
+    }
+
+    fn take(&mut self, n: usize) -> DecodeResult<&'a [u8]> {
+        let end = self.pos.checked_add(n).ok_or("truncated")?;
+        let out = self.buf.get(self.pos..end).ok_or("truncated")?;
+        self.pos = end;
+        Ok(out)
+    }
+
+    fn be(&mut self, n: usize) -> DecodeResult<u64> {
+        Ok(self
+            .take(n)?
+            .iter()
+            .fold(0u64, |acc, b| (acc << 8) | u64::from(*b)))
+    }
+
+    fn marker(&mut self) -> DecodeResult<Marker> {
+        Ok(Marker::from_u8(self.take(1)?[0]))
+    }
+
+    fn peek(&self) -> DecodeResult<Marker> {
+        self.buf
+            .get(self.pos)
+            .map(|b| Marker::from_u8(*b))
+            .ok_or("truncated")
+    }
+
+    /// Consume a nil if one is next; true if it was.
+    pub fn try_nil(&mut self) -> DecodeResult<bool> {
+        let nil = self.peek()? == Marker::Null;
+        if nil {
+            self.pos += 1;
+        }
+        Ok(nil)
+    }
+
+    pub fn map_len(&mut self) -> DecodeResult<usize> {
+        let n = match self.marker()? {
+            Marker::FixMap(n) => u64::from(n),
+            Marker::Map16 => self.be(2)?,
+            Marker::Map32 => self.be(4)?,
+            _ => return Err("expected map"),
+        };
+        Ok(n as usize)
+    }
+
+    pub fn array_len(&mut self) -> DecodeResult<usize> {
+        let n = match self.marker()? {
+            Marker::FixArray(n) => u64::from(n),
+            Marker::Array16 => self.be(2)?,
+            Marker::Array32 => self.be(4)?,
+            _ => return Err("expected array"),
+        };
+        Ok(n as usize)
+    }
+
+    pub fn str(&mut self) -> DecodeResult<&'a str> {
+        let n = match self.marker()? {
+            Marker::FixStr(n) => u64::from(n),
+            Marker::Str8 => self.be(1)?,
+            Marker::Str16 => self.be(2)?,
+            Marker::Str32 => self.be(4)?,
+            _ => return Err("expected str"),
+        };
+        std::str::from_utf8(self.take(n as usize)?).map_err(|_| "invalid utf-8")
+    }
+
+    pub fn bin(&mut self) -> DecodeResult<&'a [u8]> {
+        let n = match self.marker()? {
+            Marker::Bin8 => self.be(1)?,
+            Marker::Bin16 => self.be(2)?,
+            Marker::Bin32 => self.be(4)?,
+            _ => return Err("expected bin"),
+        };
+        self.take(n as usize)
+    }
+
+    pub fn bool(&mut self) -> DecodeResult<bool> {
+        match self.marker()? {
+            Marker::True => Ok(true),
+            Marker::False => Ok(false),
+            _ => Err("expected bool"),
+        }
+    }
+
+    /// A non-negative integer in any msgpack integer encoding.
+    pub fn uint(&mut self) -> DecodeResult<u64> {
+        let signed = |v: i64| u64::try_from(v).map_err(|_| "negative int");
+        match self.marker()? {
+            Marker::FixPos(n) => Ok(u64::from(n)),
+            Marker::U8 => self.be(1),
+            Marker::U16 => self.be(2),
+            Marker::U32 => self.be(4),
+            Marker::U64 => self.be(8),
+            Marker::I8 => signed(i64::from(self.be(1)? as u8 as i8)),
+            Marker::I16 => signed(i64::from(self.be(2)? as u16 as i16)),
+            Marker::I32 => signed(i64::from(self.be(4)? as u32 as i32)),
+            Marker::I64 => signed(self.be(8)? as i64),
+            Marker::FixNeg(_) => Err("negative int"),
+            _ => Err("expected int"),
+        }
+    }
+
+    /// Skip one value (iteratively: hostile nesting cannot overflow the stack).
+    pub fn skip(&mut self) -> DecodeResult<()> {
+        let mut pending: u64 = 1;
+        while pending > 0 {
+            pending -= 1;
+            pending += self.skip_head()?;
+        }
+        Ok(())
+    }
+
+    /// The exact bytes of the next value.
+    pub fn raw(&mut self) -> DecodeResult<&'a [u8]> {
+        let start = self.pos;
+        self.skip()?;
+        Ok(&self.buf[start..self.pos])
+    }
+
+    /// Consume one value's head (and its payload if scalar); returns how many child values
+    /// follow it.
+    fn skip_head(&mut self) -> DecodeResult<u64> {
+        let sized = |r: &mut Self, len_bytes: usize| -> DecodeResult<u64> {
+            let n = r.be(len_bytes)? as usize;
+            r.take(n).map(|_| 0)
+        };
+        match self.marker()? {
+            Marker::FixPos(_) | Marker::FixNeg(_) | Marker::Null | Marker::True | Marker::False => {
+                Ok(0)
+            }
+            Marker::U8 | Marker::I8 => self.take(1).map(|_| 0),
+            Marker::U16 | Marker::I16 => self.take(2).map(|_| 0),
+            Marker::U32 | Marker::I32 | Marker::F32 => self.take(4).map(|_| 0),
+            Marker::U64 | Marker::I64 | Marker::F64 => self.take(8).map(|_| 0),
+            Marker::FixStr(n) => self.take(usize::from(n)).map(|_| 0),
+            Marker::Str8 | Marker::Bin8 => sized(self, 1),
+            Marker::Str16 | Marker::Bin16 => sized(self, 2),
+            Marker::Str32 | Marker::Bin32 => sized(self, 4),
+            Marker::FixArray(n) => Ok(u64::from(n)),
+            Marker::Array16 => self.be(2),
+            Marker::Array32 => self.be(4),
+            Marker::FixMap(n) => Ok(2 * u64::from(n)),
+            Marker::Map16 => Ok(2 * self.be(2)?),
+            Marker::Map32 => Ok(2 * self.be(4)?),
+            Marker::FixExt1 => self.take(2).map(|_| 0),
+            Marker::FixExt2 => self.take(3).map(|_| 0),
+            Marker::FixExt4 => self.take(5).map(|_| 0),
+            Marker::FixExt8 => self.take(9).map(|_| 0),
+            Marker::FixExt16 => self.take(17).map(|_| 0),
+            Marker::Ext8 => self.ext(1),
+            Marker::Ext16 => self.ext(2),
+            Marker::Ext32 => self.ext(4),
+            Marker::Reserved => Err("reserved marker"),
+        }
+    }
+
+    fn ext(&mut self, len_bytes: usize) -> DecodeResult<u64> {
+        let n = self.be(len_bytes)? as usize;
+        self.take(n.checked_add(1).ok_or("truncated")?).map(|_| 0)
+    }
+}
+
+/// Infallible msgpack writers into a growing buffer.
+pub mod put {
+    use rmp::Marker;
+
+    fn sized(buf: &mut Vec<u8>, n: usize, m8: Option<Marker>, m16: Marker, m32: Marker) {
+        match n {
+            0..=0xff if m8.is_some() => {
+                buf.extend_from_slice(&[m8.map_or(0, |m| m.to_u8()), n as u8])
+            }
+            0..=0xffff => {
+                buf.push(m16.to_u8());
+                buf.extend_from_slice(&(n as u16).to_be_bytes());
+            }
+            _ => {
+                buf.push(m32.to_u8());
+                buf.extend_from_slice(&(n as u32).to_be_bytes());
+            }
+        }
+    }
+
+    pub fn map_len(buf: &mut Vec<u8>, n: usize) {
+        if n < 16 {
+            buf.push(Marker::FixMap(n as u8).to_u8());
+        } else {
+            sized(buf, n, None, Marker::Map16, Marker::Map32);
+        }
+    }
+
+    pub fn array_len(buf: &mut Vec<u8>, n: usize) {
+        if n < 16 {
+            buf.push(Marker::FixArray(n as u8).to_u8());
+        } else {
+            sized(buf, n, None, Marker::Array16, Marker::Array32);
+        }
+    }
+
+    pub fn str(buf: &mut Vec<u8>, s: &str) {
+        if s.len() < 32 {
+            buf.push(Marker::FixStr(s.len() as u8).to_u8());
+        } else {
+            sized(
+                buf,
+                s.len(),
+                Some(Marker::Str8),
+                Marker::Str16,
+                Marker::Str32,
+            );
+        }
+        buf.extend_from_slice(s.as_bytes());
+    }
+
+    pub fn bin(buf: &mut Vec<u8>, b: &[u8]) {
+        sized(
+            buf,
+            b.len(),
+            Some(Marker::Bin8),
+            Marker::Bin16,
+            Marker::Bin32,
+        );
+        buf.extend_from_slice(b);
+    }
+
+    pub fn uint(buf: &mut Vec<u8>, v: u64) {
+        match v {
+            0..=0x7f => buf.push(v as u8),
+            0x80..=0xff => buf.extend_from_slice(&[Marker::U8.to_u8(), v as u8]),
+            0x100..=0xffff => {
+                buf.push(Marker::U16.to_u8());
+                buf.extend_from_slice(&(v as u16).to_be_bytes());
+            }
+            0x1_0000..=0xffff_ffff => {
+                buf.push(Marker::U32.to_u8());
+                buf.extend_from_slice(&(v as u32).to_be_bytes());
+            }
+            _ => {
+                buf.push(Marker::U64.to_u8());
+                buf.extend_from_slice(&v.to_be_bytes());
+            }
+        }
+    }
+
+    pub fn nil(buf: &mut Vec<u8>) {
+        buf.push(Marker::Null.to_u8());
+    }
+
+    pub fn bool(buf: &mut Vec<u8>, v: bool) {
+        buf.push(if v { Marker::True } else { Marker::False }.to_u8());
+    }
+
+    pub fn opt_str(buf: &mut Vec<u8>, s: Option<&str>) {
+        match s {
+            Some(s) => str(buf, s),
+            None => nil(buf),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_scalars_and_skip() {
+        let mut b = Vec::new();
+        put::map_len(&mut b, 2);
+        put::str(&mut b, "a");
+        put::uint(&mut b, 70000);
+        put::str(&mut b, &"x".repeat(40));
+        put::array_len(&mut b, 1);
+        put::bin(&mut b, &[1, 2, 3]);
+        let mut r = Reader::new(&b);
+        assert_eq!(r.map_len(), Ok(2));
+        assert_eq!(r.str(), Ok("a"));
+        assert_eq!(r.uint(), Ok(70000));
+        assert_eq!(r.str().map(str::len), Ok(40));
+        assert_eq!(r.raw(), Ok(&b[b.len() - 6..]));
+        assert!(r.is_empty());
+    }
+
+    #[test]
+    fn truncated_and_hostile_inputs_fail_cleanly() {
+        assert_eq!(
+            Reader::new(&[0xdd, 0xff, 0xff, 0xff, 0xff]).skip(),
+            Err("truncated")
+        );
+        assert_eq!(Reader::new(&[0xc1]).skip(), Err("reserved marker"));
+        let deep = vec![0x91u8; 100_000];
+        assert_eq!(Reader::new(&deep).skip(), Err("truncated"));
+        assert_eq!(Reader::new(&[0xff]).uint(), Err("negative int"));
+    }
+}

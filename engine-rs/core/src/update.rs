@@ -1,0 +1,447 @@
+//! Decoding of UPDATE headers (`{"updates": [Update, ...]}`, docs/PROTOCOL.md) into borrowed
+//! views. Every value stays as its raw msgpack bytes; a malformed update yields a short reason.
+use crate::audit_api::Field;
+use crate::msgpack::{DecodeResult, Reader};
+
+/// Size limits applied to untrusted frames.
+pub const MAX_FRAME_BYTES: usize = 64 << 20;
+pub const MAX_UPDATES_PER_FRAME: usize = 1 << 20;
+pub const MAX_ENTRIES: usize = 4096;
+pub const MAX_KEY_BYTES: usize = 1024;
+pub const MAX_DIMS: usize = 32;
+
+/// The worker's exception (`Error` in PROTOCOL.md).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ErrorInfo {
+    pub kind: String,
+    pub message: String,
+    pub traceback: String,
+}
+
+/// A heavy write: its key, its raw Descriptor and the parts the auditor looks at.
+pub struct HeavyRef<'a> {
+    pub key: &'a str,
+    pub raw: &'a [u8],
+    pub dtype: &'a str,
+    pub shape: std::ops::Range<usize>,
+}
+
+/// The borrowed, variable-length parts of one update; reused from one update to the next.
+#[derive(Default)]
+pub struct Scratch<'a> {
+    pub reads: Vec<(&'a str, u64)>,
+    pub args: Vec<Field<'a>>,
+    pub data: Vec<Field<'a>>,
+    pub heavy: Vec<HeavyRef<'a>>,
+    pub shapes: Vec<u64>,
+}
+
+impl Scratch<'_> {
+    fn clear(&mut self) {
+        self.reads.clear();
+        self.args.clear();
+        self.data.clear();
+        self.heavy.clear();
+        self.shapes.clear();
+    }
+}
+
+/// The fixed-size parts of one update; the rest lives in a [`Scratch`].
+#[derive(Default)]
+pub struct Update<'a> {
+    /// The whole update map, as received (journalled verbatim).
+    pub raw: &'a [u8],
+    pub task: &'a str,
+    pub process: &'a str,
+    pub attempt: u64,
+    pub worker: &'a str,
+    pub base: Option<u64>,
+    pub error: Option<ErrorInfo>,
+    pub signals: Option<&'a [u8]>,
+    pub tasks: Option<&'a [u8]>,
+    pub run_us: u64,
+}
+
+/// A decode failure: which field, and why.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Malformed {
+    pub field: &'static str,
+    pub why: &'static str,
+}
+
+impl std::fmt::Display for Malformed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.field, self.why)
+    }
+}
+
+fn at<T>(field: &'static str, r: DecodeResult<T>) -> Result<T, Malformed> {
+    r.map_err(|why| Malformed { field, why })
+}
+
+/// The updates of one UPDATE header (`{"updates": [...]}`), yielded as raw bytes.
+pub struct FrameUpdates<'a> {
+    r: Reader<'a>,
+    left: usize,
+}
+
+impl<'a> FrameUpdates<'a> {
+    /// Check the frame's envelope; the updates are then read one by one.
+    pub fn open(frame: &'a [u8]) -> Result<Self, Malformed> {
+        if frame.len() > MAX_FRAME_BYTES {
+            return Err(Malformed {
+                field: "frame",
+                why: "too large",
+            });
+        }
+        let mut r = Reader::new(frame);
+        if at("frame", r.map_len())? != 1 || at("frame", r.str())? != "updates" {
+            return Err(Malformed {
+                field: "frame",
+                why: "expected {updates: [...]}",
+            });
+        }
+        let left = at("updates", r.array_len())?;
+        if left > MAX_UPDATES_PER_FRAME {
+            return Err(Malformed {
+                field: "updates",
+                why: "too many",
+            });
+        }
+        Ok(FrameUpdates { r, left })
+    }
+
+    /// The next update's raw bytes; an error ends the frame.
+    pub fn next_raw(&mut self) -> Option<Result<&'a [u8], Malformed>> {
+        if self.left == 0 {
+            return (!self.r.is_empty()).then_some(Err(Malformed {
+                field: "frame",
+                why: "trailing bytes",
+            }));
+        }
+        self.left -= 1;
+        let raw = at("updates", self.r.raw());
+        if raw.is_err() {
+            self.left = 0;
+            self.r = Reader::new(&[]);
+        }
+        Some(raw)
+    }
+}
+
+fn key<'a>(r: &mut Reader<'a>, field: &'static str) -> Result<&'a str, Malformed> {
+    let k = at(field, r.str())?;
+    if k.is_empty() || k.len() > MAX_KEY_BYTES {
+        return Err(Malformed {
+            field,
+            why: "bad key length",
+        });
+    }
+    Ok(k)
+}
+
+fn entries(r: &mut Reader<'_>, field: &'static str) -> Result<usize, Malformed> {
+    let n = at(field, r.map_len())?;
+    if n > MAX_ENTRIES {
+        return Err(Malformed {
+            field,
+            why: "too many entries",
+        });
+    }
+    Ok(n)
+}
+
+/// Decode one update (the raw bytes of one Update map) into `u` and `s`.
+pub fn decode<'a>(raw: &'a [u8], u: &mut Update<'a>, s: &mut Scratch<'a>) -> Result<(), Malformed> {
+    *u = Update {
+        raw,
+        ..Update::default()
+    };
+    s.clear();
+    let mut r = Reader::new(raw);
+    let n = at("update", r.map_len())?;
+    let mut seen = 0u32;
+    for _ in 0..n {
+        let name = at("update", r.str())?;
+        let bit = field(name, &mut r, u, s)?;
+        if seen & bit != 0 {
+            return Err(Malformed {
+                field: "update",
+                why: "repeated field",
+            });
+        }
+        seen |= bit;
+    }
+    if !r.is_empty() {
+        return Err(Malformed {
+            field: "update",
+            why: "trailing bytes",
+        });
+    }
+    required(u, seen)
+}
+
+const TASK: u32 = 1;
+const PROCESS: u32 = 2;
+const ATTEMPT: u32 = 4;
+
+fn required(u: &Update<'_>, seen: u32) -> Result<(), Malformed> {
+    let need = |bit: u32, field: &'static str| {
+        if seen & bit == 0 {
+            Err(Malformed {
+                field,
+                why: "missing",
+            })
+        } else {
+            Ok(())
+        }
+    };
+    need(TASK, "task")?;
+    need(PROCESS, "process")?;
+    need(ATTEMPT, "attempt")?;
+    if u.task.is_empty() || u.task.len() > MAX_KEY_BYTES {
+        return Err(Malformed {
+            field: "task",
+            why: "bad length",
+        });
+    }
+    Ok(())
+}
+
+/// Decode one named field; returns its bit in the "seen" mask.
+fn field<'a>(
+    name: &str,
+    r: &mut Reader<'a>,
+    u: &mut Update<'a>,
+    s: &mut Scratch<'a>,
+) -> Result<u32, Malformed> {
+    match name {
+        "task" => u.task = at("task", r.str())?,
+        "process" => u.process = at("process", r.str())?,
+        "attempt" => u.attempt = at("attempt", r.uint())?,
+        "worker" => u.worker = at("worker", r.str())?,
+        "reads" => reads(r, s)?,
+        "base" => u.base = base(r)?,
+        "args" => fields(r, "args", &mut s.args)?,
+        "data" => fields(r, "data", &mut s.data)?,
+        "heavy" => heavy(r, s)?,
+        "error" => u.error = error(r)?,
+        "signals" => u.signals = Some(signals(r)?),
+        "tasks" => u.tasks = Some(tasks(r)?),
+        "run_us" => u.run_us = at("run_us", r.uint())?,
+        _ => {
+            return Err(Malformed {
+                field: "update",
+                why: "unknown field",
+            })
+        }
+    }
+    Ok(field_bit(name))
+}
+
+fn field_bit(name: &str) -> u32 {
+    const NAMES: [&str; 13] = [
+        "task", "process", "attempt", "worker", "reads", "base", "args", "data", "heavy", "error",
+        "signals", "tasks", "run_us",
+    ];
+    NAMES.iter().position(|n| *n == name).map_or(0, |i| 1 << i)
+}
+
+fn reads<'a>(r: &mut Reader<'a>, s: &mut Scratch<'a>) -> Result<(), Malformed> {
+    for _ in 0..entries(r, "reads")? {
+        let k = key(r, "reads")?;
+        let v = at("reads", r.uint())?;
+        s.reads.push((k, v));
+    }
+    Ok(())
+}
+
+fn base(r: &mut Reader<'_>) -> Result<Option<u64>, Malformed> {
+    if at("base", r.try_nil())? {
+        return Ok(None);
+    }
+    at("base", r.uint()).map(Some)
+}
+
+fn fields<'a>(
+    r: &mut Reader<'a>,
+    field: &'static str,
+    out: &mut Vec<Field<'a>>,
+) -> Result<(), Malformed> {
+    for _ in 0..entries(r, field)? {
+        let name = key(r, field)?;
+        let value = at(field, r.raw())?;
+        out.push(Field { name, value });
+    }
+    Ok(())
+}
+
+fn heavy<'a>(r: &mut Reader<'a>, s: &mut Scratch<'a>) -> Result<(), Malformed> {
+    for _ in 0..entries(r, "heavy")? {
+        let key = key(r, "heavy")?;
+        let raw = at("heavy", r.raw())?;
+        let start = s.shapes.len();
+        let dtype = descriptor(raw, &mut s.shapes)?;
+        s.heavy.push(HeavyRef {
+            key,
+            raw,
+            dtype,
+            shape: start..s.shapes.len(),
+        });
+    }
+    Ok(())
+}
+
+/// Check a Descriptor's fields and types; returns its dtype and appends its shape.
+fn descriptor<'a>(raw: &'a [u8], shapes: &mut Vec<u64>) -> Result<&'a str, Malformed> {
+    const F: &str = "heavy descriptor";
+    let bad = |why| Malformed {
+        field: "heavy",
+        why,
+    };
+    let mut r = Reader::new(raw);
+    let (mut dtype, mut seen) = ("", 0u8);
+    for _ in 0..at(F, r.map_len())? {
+        match at(F, r.str())? {
+            "seg" => seen |= at(F, r.str()).map(|_| 1)?,
+            "off" => seen |= at(F, r.uint()).map(|_| 2)?,
+            "len" => seen |= at(F, r.uint()).map(|_| 4)?,
+            "gen" => seen |= at(F, r.uint()).map(|_| 8)?,
+            "dtype" => (dtype, seen) = (at(F, r.str())?, seen | 16),
+            "shape" => seen |= dims(&mut r, Some(shapes)).map(|_| 32)?,
+            "strides" => seen |= dims(&mut r, None).map(|_| 64)?,
+            _ => return Err(bad("unknown descriptor field")),
+        }
+    }
+    if seen != 127 || dtype.is_empty() || dtype.contains('O') {
+        return Err(bad("incomplete descriptor or bad dtype"));
+    }
+    Ok(dtype)
+}
+
+fn dims(r: &mut Reader<'_>, mut out: Option<&mut Vec<u64>>) -> Result<(), Malformed> {
+    let n = at("heavy", r.array_len())?;
+    if n > MAX_DIMS {
+        return Err(Malformed {
+            field: "heavy",
+            why: "too many dims",
+        });
+    }
+    for _ in 0..n {
+        // Strides may be negative; shapes may not.
+        let v = if out.is_some() {
+            at("heavy", r.uint())?
+        } else {
+            skip_int(r)?
+        };
+        if let Some(o) = out.as_deref_mut() {
+            o.push(v);
+        }
+    }
+    Ok(())
+}
+
+fn skip_int(r: &mut Reader<'_>) -> Result<u64, Malformed> {
+    let raw = at("heavy", r.raw())?;
+    match rmp::Marker::from_u8(raw[0]) {
+        rmp::Marker::FixPos(_) | rmp::Marker::FixNeg(_) => Ok(0),
+        rmp::Marker::U8 | rmp::Marker::U16 | rmp::Marker::U32 | rmp::Marker::U64 => Ok(0),
+        rmp::Marker::I8 | rmp::Marker::I16 | rmp::Marker::I32 | rmp::Marker::I64 => Ok(0),
+        _ => Err(Malformed {
+            field: "heavy",
+            why: "expected int",
+        }),
+    }
+}
+
+fn error(r: &mut Reader<'_>) -> Result<Option<ErrorInfo>, Malformed> {
+    if at("error", r.try_nil())? {
+        return Ok(None);
+    }
+    let mut e = ErrorInfo {
+        kind: String::new(),
+        message: String::new(),
+        traceback: String::new(),
+    };
+    for _ in 0..at("error", r.map_len())? {
+        let slot = match at("error", r.str())? {
+            "type" => &mut e.kind,
+            "message" => &mut e.message,
+            "traceback" => &mut e.traceback,
+            _ => {
+                return Err(Malformed {
+                    field: "error",
+                    why: "unknown field",
+                })
+            }
+        };
+        *slot = at("error", r.str())?.to_owned();
+    }
+    if e.kind.is_empty() {
+        return Err(Malformed {
+            field: "error",
+            why: "missing type",
+        });
+    }
+    Ok(Some(e))
+}
+
+/// `[{topic: str, payload: bin}]`, checked, returned raw.
+fn signals<'a>(r: &mut Reader<'a>) -> Result<&'a [u8], Malformed> {
+    let raw = at("signals", r.raw())?;
+    let mut s = Reader::new(raw);
+    for _ in 0..at("signals", s.array_len())? {
+        let mut seen = 0;
+        for _ in 0..at("signals", s.map_len())? {
+            match at("signals", s.str())? {
+                "topic" => seen |= at("signals", s.str()).map(|_| 1)?,
+                "payload" => seen |= at("signals", s.bin()).map(|_| 2)?,
+                _ => {
+                    return Err(Malformed {
+                        field: "signals",
+                        why: "unknown field",
+                    })
+                }
+            }
+        }
+        if seen != 3 {
+            return Err(Malformed {
+                field: "signals",
+                why: "missing topic or payload",
+            });
+        }
+    }
+    Ok(raw)
+}
+
+/// `[{process: str, args: map}]`, checked, returned raw.
+fn tasks<'a>(r: &mut Reader<'a>) -> Result<&'a [u8], Malformed> {
+    let raw = at("tasks", r.raw())?;
+    let mut s = Reader::new(raw);
+    for _ in 0..at("tasks", s.array_len())? {
+        let mut seen = 0;
+        for _ in 0..at("tasks", s.map_len())? {
+            match at("tasks", s.str())? {
+                "process" => seen |= at("tasks", s.str()).map(|_| 1)?,
+                "args" => {
+                    let mut args = Vec::new();
+                    fields(&mut s, "tasks", &mut args)?;
+                    seen |= 2;
+                }
+                _ => {
+                    return Err(Malformed {
+                        field: "tasks",
+                        why: "unknown field",
+                    })
+                }
+            }
+        }
+        if seen & 1 == 0 {
+            return Err(Malformed {
+                field: "tasks",
+                why: "missing process",
+            });
+        }
+    }
+    Ok(raw)
+}
