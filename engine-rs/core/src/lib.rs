@@ -1,4 +1,5 @@
 //! Pure-Rust engine core (no PyO3): versioned state, compare-and-swap, audit, journal.
+pub mod audit;
 pub mod audit_api;
 pub mod decision;
 pub mod engine;
