@@ -1,8 +1,306 @@
-//! Thin PyO3 binding layer over the pure-Rust engine core.
+//! Thin PyO3 binding layer over the pure-Rust engine core (`pipeline-core`): convert
+//! arguments, call the core, map errors. No logic of its own.
+use std::path::Path;
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+
+use pipeline_core as core;
+use pipeline_core::EngineError as CoreError;
+use pyo3::exceptions::PyIndexError;
 use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PySequence};
+
+mod errors {
+    pyo3::import_exception!(pipeline.errors, JournalError);
+    pyo3::import_exception!(pipeline.errors, JournalCorrupt);
+    pyo3::import_exception!(pipeline.errors, RecipeError);
+    pyo3::import_exception!(pipeline.errors, EngineError);
+}
+
+/// Map each core error variant onto its own class of `pipeline.errors`.
+fn to_py(py: Python<'_>, err: CoreError) -> PyErr {
+    match err {
+        CoreError::Journal(m) => errors::JournalError::new_err(m),
+        CoreError::JournalCorrupt { index, reason } => {
+            let e = errors::JournalCorrupt::new_err(format!("record {index}: {reason}"));
+            // Best effort: the message names the record either way.
+            let _ = e.value(py).setattr("index", index);
+            e
+        }
+        CoreError::Recipe(m) => errors::RecipeError::new_err(m),
+        CoreError::Engine(m) => errors::EngineError::new_err(m),
+    }
+}
+
+/// The one place the binding releases the GIL. Inputs must already be owned Rust values.
+fn without_gil<T: Send>(py: Python<'_>, f: impl FnOnce() -> T + Send) -> T {
+    py.detach(f)
+}
+
+/// One typed decision (see docs/PROTOCOL.md, Decision).
+#[pyclass(frozen, module = "pipeline._engine")]
+struct Decision(core::Decision);
+
+#[pymethods]
+impl Decision {
+    #[getter]
+    fn task(&self) -> &str {
+        &self.0.task
+    }
+    #[getter]
+    fn status(&self) -> &'static str {
+        self.0.status.as_str()
+    }
+    #[getter]
+    fn process(&self) -> &str {
+        &self.0.process
+    }
+    #[getter]
+    fn attempt(&self) -> u64 {
+        self.0.attempt
+    }
+    #[getter]
+    fn version(&self) -> u64 {
+        self.0.version
+    }
+    #[getter]
+    fn reason(&self) -> &str {
+        &self.0.reason
+    }
+    #[getter]
+    fn rule(&self) -> Option<&str> {
+        self.0.rule.as_deref()
+    }
+    #[getter]
+    fn level(&self) -> Option<&'static str> {
+        self.0.level.map(|l| l.as_str())
+    }
+    #[getter]
+    fn retry_after_ms(&self) -> u64 {
+        self.0.retry_after_ms
+    }
+    #[getter]
+    fn blocked(&self) -> bool {
+        self.0.blocked
+    }
+    #[getter]
+    fn error_type(&self) -> Option<&str> {
+        self.0.error.as_ref().map(|e| e.kind.as_str())
+    }
+    #[getter]
+    fn error_message(&self) -> Option<&str> {
+        self.0.error.as_ref().map(|e| e.message.as_str())
+    }
+    fn __repr__(&self) -> String {
+        format!(
+            "Decision(task={:?}, status={:?}, version={})",
+            &*self.0.task,
+            self.0.status.as_str(),
+            self.0.version
+        )
+    }
+}
+
+/// The outcome of one `Engine.apply_batch` call.
+#[pyclass(frozen, module = "pipeline._engine")]
+struct Batch {
+    out: core::BatchOut,
+    decisions: Py<PyBytes>,
+    events: Option<Py<PyBytes>>,
+}
+
+#[pymethods]
+impl Batch {
+    #[getter]
+    fn decisions(&self, py: Python<'_>) -> Py<PyBytes> {
+        self.decisions.clone_ref(py)
+    }
+    #[getter]
+    fn events(&self, py: Python<'_>) -> Option<Py<PyBytes>> {
+        self.events.as_ref().map(|e| e.clone_ref(py))
+    }
+    #[getter]
+    fn commits(&self) -> usize {
+        self.out.commits
+    }
+    #[getter]
+    fn stop(&self) -> Option<&str> {
+        self.out.stop.as_deref()
+    }
+    #[getter]
+    fn newly_blocked(&self) -> Vec<(String, String)> {
+        self.out.newly_blocked.clone()
+    }
+    #[getter]
+    fn malformed(&self) -> Vec<String> {
+        self.out.malformed.clone()
+    }
+    fn __len__(&self) -> usize {
+        self.out.decisions.len()
+    }
+    fn __getitem__(&self, index: isize) -> PyResult<Decision> {
+        let len = self.out.decisions.len() as isize;
+        let i = if index < 0 { index + len } else { index };
+        match usize::try_from(i)
+            .ok()
+            .and_then(|i| self.out.decisions.get(i))
+        {
+            Some(d) => Ok(Decision(d.clone())),
+            None => Err(PyIndexError::new_err("decision index out of range")),
+        }
+    }
+}
+
+/// The engine. A Mutex (not `unsendable`) so that any Python thread may call it (e.g. a
+/// housekeeping thread calling `tick`); the lock is taken only after the GIL is released in
+/// `apply_batch`, so a thread waiting for the GIL never holds it.
+#[pyclass(frozen, module = "pipeline._engine")]
+struct Engine {
+    inner: Mutex<core::Engine>,
+}
+
+impl Engine {
+    fn lock(&self) -> Result<MutexGuard<'_, core::Engine>, CoreError> {
+        self.inner
+            .lock()
+            .map_err(|_| CoreError::Engine("engine poisoned by a panic".into()))
+    }
+
+    fn with<T>(
+        &self,
+        py: Python<'_>,
+        f: impl FnOnce(&mut core::Engine) -> Result<T, CoreError>,
+    ) -> PyResult<T> {
+        self.lock()
+            .and_then(|mut e| f(&mut e))
+            .map_err(|e| to_py(py, e))
+    }
+}
+
+/// Copy every frame into owned bytes (so the batch can run without the GIL).
+fn owned_frames(frames: &Bound<'_, PyAny>) -> PyResult<Vec<Vec<u8>>> {
+    let seq = frames.cast::<PySequence>()?;
+    let mut out = Vec::with_capacity(seq.len()?);
+    for item in seq.try_iter()? {
+        out.push(item?.cast::<PyBytes>()?.as_bytes().to_vec());
+    }
+    Ok(out)
+}
+
+fn fsync_policy(policy: &str, interval_ms: u64) -> Result<core::Fsync, CoreError> {
+    match policy {
+        "always" => Ok(core::Fsync::Always),
+        "interval" => Ok(core::Fsync::Interval(Duration::from_millis(interval_ms))),
+        "never" => Ok(core::Fsync::Never),
+        _ => Err(CoreError::Engine(format!(
+            "unknown fsync policy {policy:?}"
+        ))),
+    }
+}
+
+#[pymethods]
+impl Engine {
+    #[new]
+    #[pyo3(signature = (journal_dir, *, fsync = "interval", fsync_interval_ms = 10, strict = false, recipes = None))]
+    fn new(
+        py: Python<'_>,
+        journal_dir: &str,
+        fsync: &str,
+        fsync_interval_ms: u64,
+        strict: bool,
+        recipes: Option<&str>,
+    ) -> PyResult<Self> {
+        let open = || -> Result<core::Engine, CoreError> {
+            let config = core::Config {
+                fsync: fsync_policy(fsync, fsync_interval_ms)?,
+                strict,
+            };
+            let audit = core::make_audit(recipes.map(Path::new))?;
+            core::Engine::open(Path::new(journal_dir), config, audit)
+        };
+        let engine = without_gil(py, open).map_err(|e| to_py(py, e))?;
+        Ok(Engine {
+            inner: Mutex::new(engine),
+        })
+    }
+
+    fn register(
+        &self,
+        py: Python<'_>,
+        process: &str,
+        inputs: Vec<String>,
+        outputs: Vec<String>,
+    ) -> PyResult<()> {
+        self.with(py, |e| e.register(process, &inputs, &outputs))
+    }
+
+    fn apply_batch(&self, py: Python<'_>, frames: &Bound<'_, PyAny>) -> PyResult<Batch> {
+        let frames = owned_frames(frames)?;
+        let out = without_gil(py, || self.lock().and_then(|mut e| e.apply_batch(&frames)));
+        let out = out.map_err(|e| to_py(py, e))?;
+        let decisions = PyBytes::new(py, &out.decisions_msg).unbind();
+        let events = out
+            .events_msg
+            .as_deref()
+            .map(|b| PyBytes::new(py, b).unbind());
+        Ok(Batch {
+            out,
+            decisions,
+            events,
+        })
+    }
+
+    fn snapshot<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyBytes>> {
+        let snap = self.with(py, |e| Ok(e.snapshot()))?;
+        Ok(PyBytes::new(py, &snap))
+    }
+
+    fn get<'py>(&self, py: Python<'py>, key: &str) -> PyResult<Option<(u64, Bound<'py, PyBytes>)>> {
+        let found = self.with(py, |e| Ok(e.get(key).map(|(v, b)| (v, b.to_vec()))))?;
+        Ok(found.map(|(v, b)| (v, PyBytes::new(py, &b))))
+    }
+
+    #[getter]
+    fn version(&self, py: Python<'_>) -> PyResult<u64> {
+        self.with(py, |e| Ok(e.version()))
+    }
+
+    fn blocked(&self, py: Python<'_>) -> PyResult<Vec<String>> {
+        self.with(py, |e| Ok(e.blocked()))
+    }
+
+    fn unblock(&self, py: Python<'_>, process: &str) -> PyResult<bool> {
+        self.with(py, |e| Ok(e.unblock(process)))
+    }
+
+    fn flush(&self, py: Python<'_>) -> PyResult<()> {
+        without_gil(py, || self.lock().and_then(|mut e| e.flush())).map_err(|e| to_py(py, e))
+    }
+
+    fn tick(&self, py: Python<'_>) -> PyResult<()> {
+        self.with(py, |e| e.tick())
+    }
+
+    fn close(&self, py: Python<'_>) -> PyResult<()> {
+        without_gil(py, || self.lock().and_then(|mut e| e.close())).map_err(|e| to_py(py, e))
+    }
+}
+
+/// Check a journal's checksums and hash chain: (records_ok, first_bad_index, reason).
+#[pyfunction]
+fn verify_journal(
+    py: Python<'_>,
+    journal_dir: &str,
+) -> PyResult<(u64, Option<u64>, Option<String>)> {
+    without_gil(py, || core::verify(Path::new(journal_dir))).map_err(|e| to_py(py, e))
+}
 
 #[pymodule]
 fn _engine(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    m.add_class::<Engine>()?;
+    m.add_class::<Batch>()?;
+    m.add_class::<Decision>()?;
+    m.add_function(wrap_pyfunction!(verify_journal, m)?)?;
     Ok(())
 }
