@@ -35,6 +35,7 @@ STATUSES = FINAL | {"conflict", "blocked"}
 MAX_ID_CHARS = 256
 MAX_PROCESSES = 1024
 STOP_CHECK_MS = 100
+_DECIDED = {s: f"decided.{s}" for s in STATUSES}  # counter keys, built once
 
 Handler = Callable[[bytes, Message], None]
 
@@ -69,6 +70,7 @@ class Broker:
         self._workers: dict[bytes, Worker] = {}
         self._results: dict[bytes, list[dict[str, Any]]] = {}
         self._dead: deque[dict[str, Any]] = deque(maxlen=1000)
+        self._recent_max = config.recent_decided
         self.counters: Counter[str] = Counter()
         self._sink: bytes | None = None
         self._dirty = False
@@ -189,6 +191,10 @@ class Broker:
             handler(identity, msg)
         except DecodeError as exc:
             self._malformed(sock, where, identity, exc)
+        except Exception:  # a bug must not let one message stop the broker
+            self.counters["internal-error"] += 1
+            log.exception("%s: internal error handling a message from %s", where, identity.hex())
+            self._send(sock, identity, error("internal", "the broker failed on this message"))
 
     def _malformed(self, sock: zmq.Socket[Any], where: str, identity: bytes,
                    exc: DecodeError) -> None:
@@ -299,10 +305,14 @@ class Broker:
         del self._entries[entry.id]
         recent = self._recent
         recent[entry.id] = decision
-        while len(recent) > self.config.recent_decided:
+        if len(recent) > self._recent_max:
             recent.popitem(last=False)
-        self._results.setdefault(entry.producer, []).append(decision)
-        self.counters[f"decided.{decision['status']}"] += 1
+        batch = self._results.get(entry.producer)
+        if batch is None:
+            self._results[entry.producer] = [decision]
+        else:
+            batch.append(decision)
+        self.counters[_DECIDED[decision["status"]]] += 1
 
     def _requeue(self, entries: list[Entry], why: str) -> None:
         """Queue undecided tasks again at the front with attempt + 1 (or dead-letter them)."""
@@ -468,7 +478,7 @@ class Broker:
         if entry is None:
             self.counters["decision.unknown"] += 1
             return
-        if entry.worker is None or d["attempt"] != entry.attempt:
+        if entry.worker is None or d["attempt"] != entry.task["attempt"]:
             self.counters["decision.stale"] += 1
             return
         w = self._workers.get(entry.worker)
@@ -478,13 +488,14 @@ class Broker:
         status = d["status"]
         if status in FINAL:
             self._finish(entry, d)
-        elif status == "conflict":
+            return
+        self.counters[_DECIDED[status]] += 1
+        if status == "conflict":
             self._conflict(entry, d)
         else:
             self._park(entry, d)
 
     def _conflict(self, entry: Entry, d: dict[str, Any]) -> None:
-        self.counters["decided.conflict"] += 1
         entry.failures += 1
         if entry.failures >= self.config.max_attempts:
             self._dead_letter(entry, f"conflict: {d.get('reason', '')}")
@@ -502,7 +513,6 @@ class Broker:
             self._queues.delay(entry, self._now + delay_ms / 1000)
 
     def _park(self, entry: Entry, d: dict[str, Any]) -> None:
-        self.counters["decided.blocked"] += 1
         entry.next_attempt()
         self._queues.push_front([entry])
         if d.get("blocked", True) is not False:
@@ -596,12 +606,12 @@ def _check_versions(versions: Any) -> None:
 
 
 def _decision_ok(d: Any) -> bool:
-    if not isinstance(d, dict):
+    # exact type checks: cheaper than isinstance, and they refuse bool for int
+    if type(d) is not dict:
         return False
-    attempt = d.get("attempt")
     status = d.get("status")
-    return (isinstance(d.get("task"), str) and isinstance(status, str) and status in STATUSES
-            and isinstance(attempt, int) and not isinstance(attempt, bool))
+    return (type(d.get("task")) is str and type(d.get("attempt")) is int
+            and type(status) is str and status in STATUSES)
 
 
 def serve(config: BrokerConfig, ready: Callable[[], None] | None = None,

@@ -7,6 +7,7 @@ back-off) runs on a fake clock, so nothing sleeps; every receive has a deadline.
 
 from __future__ import annotations
 
+import random
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -20,7 +21,7 @@ import zmq
 from brokers import Broker, BrokerConfig, serve
 from brokers.state import Entry, TaskQueues
 from pipeline.errors import ConfigError
-from pipeline.protocol import Cmd, Message, decode, encode
+from pipeline.protocol import SCHEMA, Cmd, Message, decode, encode
 
 DEADLINE_S = 2.0
 
@@ -362,6 +363,15 @@ def _expect_error(net: Net, sock: zmq.Socket[Any], frames: list[Any], code: str)
     return str(header["reason"])
 
 
+def _still_works(net: Net) -> None:
+    prod, sink = net.producer(), net.sink()
+    worker = net.worker(["alive"], credit=1, name="alive")
+    net.submit(prod, task("alive-1", "alive"))
+    assert ids(net.expect(worker, Cmd.DISPATCH)) == ["alive-1"]
+    net.decide(sink, decision("alive-1", process="alive"))
+    assert net.expect(prod, Cmd.RESULT)["decisions"][0]["task"] == "alive-1"
+
+
 def test_malformed_messages_are_counted_answered_and_survived(net: Net) -> None:
     prod = net.producer()
     admin = net.dealer(net.config.control)
@@ -403,7 +413,7 @@ def test_malformed_messages_are_counted_answered_and_survived(net: Net) -> None:
     assert counters["backend.ready-without-processes"] == 3
     assert counters["control.decision-invalid"] == 3
     assert net.broker.status()["workers"] == []
-    test_submit_dispatch_decide_result(net)  # everything still works
+    _still_works(net)
 
 
 def test_decisions_for_unknown_tasks_and_peer_errors_are_counted(net: Net) -> None:
@@ -490,3 +500,32 @@ def test_config_is_validated() -> None:
     config = BrokerConfig.from_mapping({"retry_base_backoff_ms": 10, "retry_max_backoff_ms": 50})
     assert [config.backoff_ms(n) for n in (1, 2, 3, 4)] == [10, 20, 40, 50]
     assert config.expiry_ms == 3000
+
+
+def test_random_messages_never_break_the_broker(net: Net) -> None:
+    rng = random.Random(1234)
+    values: list[Any] = [None, True, -1, 0, 2**40, 1.5, "", "fz", b"\x00", [], ["fz"], {},
+                         {"id": "z"}, [{"id": "z", "process": "fz", "args": {}}]]
+    fields = ["tasks", "credit", "processes", "name", "versions", "decisions", "role",
+              "process", "reason", "code", "task", "status", "attempt"]
+    good: dict[str, Any] = {
+        "tasks": values[-1], "credit": 3, "processes": ["fz"], "role": "x", "process": "fz",
+        "reason": "r", "code": "c", "ids": ["z"], "versions": [1], "name": "fuzz",
+        "decisions": [decision("z", process="fz")]}
+    socks = [net.producer(), net.dealer(net.config.backend), net.dealer(net.config.control)]
+    for _ in range(300):
+        cmd = rng.choice(list(Cmd))
+        header = {f: good[f] if f in good and rng.random() < 0.6 else rng.choice(values)
+                  for f in (*SCHEMA[cmd], *rng.sample(fields, 2))}
+        if rng.random() < 0.3:
+            header = {"decisions": [{"task": "z", "status": rng.choice(["committed", "x"]),
+                                     "attempt": rng.choice([1, "1", None])}]}
+        frames = [bytes((rng.choice([1, 1, 1, 2]), cmd.value)), msgpack.packb(header)]
+        rng.choice(socks).send_multipart(frames)
+    received, deadline = 0, time.monotonic() + DEADLINE_S
+    while received < 300 and time.monotonic() < deadline:
+        received += net.broker.run_once(5)
+    assert received == 300, received
+    assert "internal-error" not in net.broker.counters, net.broker.counters
+    assert net.counter("malformed") > 0
+    _still_works(net)
