@@ -24,6 +24,8 @@ mod tests_levels;
 mod tests_recipe;
 #[cfg(test)]
 mod tests_scan;
+#[cfg(test)]
+mod testkit;
 
 use std::collections::HashMap;
 use std::path::Path;
