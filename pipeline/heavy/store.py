@@ -61,6 +61,7 @@ class HeavyStore:
         self.pool_max_bytes = pool_max_bytes
         self.max_bytes = max_bytes
         self._committed: dict[str, Mapped] = {}
+        self._refs: dict[str, descriptor.SegmentRef] = {}
         self._by_seg: dict[str, str] = {}
         self._pending: dict[str, Mapped] = {}
         self._staged: OrderedDict[str, Mapped] = OrderedDict()
@@ -90,6 +91,7 @@ class HeavyStore:
         ref, held = self._check(desc)
         self._staged.pop(ref.seg, None)
         self._supersede(key, held)
+        self._refs[key] = ref
 
     def reject(self, desc: Any) -> None:
         """Free the segment of a rejected update (never a committed one)."""
@@ -104,6 +106,11 @@ class HeavyStore:
         self._staged.pop(ref.seg, None)
         self._pending[ref.seg] = held
         self.collect()
+
+    def get(self, key: str) -> np.ndarray | None:
+        """The committed array of `key` (read-only view), or None if it has no segment."""
+        held, ref = self._committed.get(key), self._refs.get(key)
+        return None if held is None or ref is None else _view(ref, held)
 
     def committed(self) -> dict[str, str]:
         """key -> segment name of every committed segment value."""
@@ -144,13 +151,14 @@ class HeavyStore:
             if descriptor.is_inline(desc):
                 continue
             try:
-                _, held = self._check(desc)
+                ref, held = self._check(desc)
             except HeavyError as exc:
                 failed[key] = str(exc)
                 log.warning("heavy reattach of %s failed: %s", key, exc)
                 continue
             self._staged.pop(held.name, None)
             self._supersede(key, held)
+            self._refs[key] = ref
         return failed
 
     def stats(self) -> dict[str, int]:
@@ -177,6 +185,7 @@ class HeavyStore:
         for held in (*self._committed.values(), *self._pending.values(), *self._staged.values()):
             held.close()
         self._committed.clear()
+        self._refs.clear()
         self._by_seg.clear()
         self._pending.clear()
         self._staged.clear()
@@ -232,6 +241,7 @@ class HeavyStore:
 
     def _supersede(self, key: str, held: Mapped | None) -> None:
         previous = self._committed.pop(key, None)
+        self._refs.pop(key, None)
         if held is not None:
             self._committed[key] = held
             self._by_seg[held.name] = key
