@@ -110,6 +110,7 @@ class HeavyAllocator:
         if arr.nbytes < self.inline_threshold_bytes:
             return descriptor.encode_inline(arr)
         with self._lock:
+            self._check_open()
             slot = self._owner(arr)
             if slot is None:
                 slot, copy = self._alloc(arr.shape, arr.dtype)

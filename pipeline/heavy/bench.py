@@ -122,6 +122,8 @@ def bench_alloc_fill(size_mb: int = 100, repeat: int = 5) -> dict[str, Any]:
         "foreign_pool_alloc_fill_ms": round(statistics.median(foreign), 3),
         "cold_alloc_fill_ms": round(statistics.median(_cold(shape, min(repeat, 3))), 3),
         "correct": all(ok for _, ok in runs),
+        f"alloc_fill_{size_mb}mb_ms": round(alloc_fill, 3),
+        f"numpy_fill_{size_mb}mb_ms": round(statistics.median(numpy_fill), 3),
     }
 
 

@@ -139,3 +139,21 @@ def test_reserve_prefills_the_pool(ns: str, alloc: HeavyAllocator, store: HeavyS
     before = _inodes(ns)
     alloc.alloc((1 << 20,))
     assert _inodes(ns) == before and store.stats()["pooled"] == 1
+
+
+def test_exporting_twice_copies_the_second_time(alloc: HeavyAllocator,
+                                                 store: HeavyStore) -> None:
+    a = alloc.alloc((100_000,))
+    a[:] = 9.0
+    first, second = alloc.export(a), alloc.export(a)
+    assert first["seg"] != second["seg"]
+    store.commit("heavy.a", first)
+    store.commit("heavy.b", second)
+    assert float(store.get("heavy.b")[-1]) == 9.0
+
+
+def test_closed_allocator_refuses_work(ns: str, store: HeavyStore) -> None:
+    al = HeavyAllocator(ns)
+    al.close()
+    with pytest.raises(HeavyError, match="closed"):
+        al.alloc((4,))
