@@ -17,6 +17,7 @@ import os
 import statistics
 import time
 from collections.abc import Callable, Iterable
+from functools import partial
 from typing import Any
 
 import msgpack
@@ -71,6 +72,10 @@ def _cycle(al: HeavyAllocator, store: HeavyStore, shape: tuple[int, ...]) -> tup
     return dt, ok
 
 
+def _alloc_fill(al: HeavyAllocator, shape: tuple[int, ...]) -> None:
+    al.alloc(shape).fill(1.0)
+
+
 def _cold(shape: tuple[int, ...], repeat: int) -> list[float]:
     """alloc + fill of a brand-new segment (empty pool): the page faults are paid here."""
     out = []
@@ -79,7 +84,7 @@ def _cold(shape: tuple[int, ...], repeat: int) -> list[float]:
         store = HeavyStore(ns)
         al = HeavyAllocator(ns)
         try:
-            out.append(_ms(lambda al=al: al.alloc(shape).fill(1.0)))
+            out.append(_ms(partial(_alloc_fill, al, shape)))
         finally:
             al.close()
             store.destroy()
