@@ -35,6 +35,11 @@ class ProcessSpec:
     outputs: tuple[str, ...]
 
     @property
+    def keys(self) -> frozenset[str]:
+        """Every key the contract names (inputs and outputs)."""
+        return frozenset((*self.inputs, *self.outputs))
+
+    @property
     def heavy_inputs(self) -> tuple[str, ...]:
         return tuple(k for k in self.inputs if k.startswith(HEAVY_PREFIX))
 

@@ -127,19 +127,21 @@ def to_update(ctx: TaskContext, result: Any, heavy: HeavyBackend | None) -> dict
     reads = dict(ctx.reads)
     for key in (*upd.data, *heavy_out):
         reads.setdefault(key, ctx.replica.key_version(key))
-    return {
+    update = {
         "task": ctx.task_id,
         "process": ctx.process,
         "attempt": ctx.attempt,
         "reads": reads,
         "base": ctx.version,
-        "expect": upd.assert_version,
         "data": upd.data,
         "heavy": heavy_out,
         "error": None,
         "signals": [{"topic": s.topic, "payload": bytes(s.payload)} for s in upd.signals],
         "tasks": [{"process": t.process, "args": dict(t.args)} for t in upd.tasks],
     }
+    if upd.assert_version is not None:
+        update["expect"] = upd.assert_version
+    return update
 
 
 def _export_heavy(arrays: Mapping[str, Any], heavy: HeavyBackend | None) -> dict[str, Any]:
@@ -162,7 +164,6 @@ def error_update(task: Mapping[str, Any], exc: BaseException, tb: str) -> dict[s
         "attempt": int(task.get("attempt") or 1),
         "reads": {},
         "base": None,
-        "expect": None,
         "data": {},
         "heavy": {},
         "error": {"type": type(exc).__name__, "message": str(exc), "traceback": tb},

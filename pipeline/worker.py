@@ -35,6 +35,7 @@ from pipeline.replica import StateReplica
 log = logging.getLogger(__name__)
 
 AFTER_WAIT_S = 2.0  # run a task anyway if the replica has not caught up by then
+GATE_S = 0.2  # a key written by an undecided update stays gated at most this long
 
 
 class Worker:
@@ -47,6 +48,7 @@ class Worker:
         self.ctx = ctx or zmq.Context()
         self._own_ctx = ctx is None
         self.pending: deque[tuple[float, dict[str, Any]]] = deque()
+        self.gate = KeyGate()
         self.counters: dict[str, int] = {"tasks": 0, "errors": 0, "resyncs": 0, "malformed": 0}
         self._buffered: list[dict[str, Any]] = []
         self._snapshot_sent = 0.0
@@ -137,6 +139,7 @@ class Worker:
                 log.warning("worker: bad task in DISPATCH (%s)", exc.reason)
 
     def _on_commit(self, header: dict[str, Any]) -> None:
+        self.gate.release(ev["task"] for ev in header["events"])
         if not self.replica.synced:
             self._buffered.extend(header["events"])
             return
@@ -182,17 +185,30 @@ class Worker:
         self._registered = True
 
     def _runnable(self) -> bool:
-        if not self.pending or not self.replica.synced:
+        return bool(self.pending) and self.replica.synced and any(
+            self._ready(since, task, time.monotonic()) for since, task in self.pending)
+
+    def _ready(self, since: float, task: dict[str, Any], now: float) -> bool:
+        """A task runs once the replica has reached its `after` version and none of the
+        keys its process declares is written by an update of ours still undecided."""
+        if task.get("after", 0) > self.replica.version and now - since < AFTER_WAIT_S:
             return False
-        since, task = self.pending[0]
-        return task.get("after", 0) <= self.replica.version or \
-            time.monotonic() - since > AFTER_WAIT_S
+        spec = self.specs.get(task["process"])
+        return spec is None or not self.gate.blocks(spec.keys, now)
 
     def _run_pending(self) -> None:
-        updates = []
-        while self._runnable():
-            _, task = self.pending.popleft()
-            updates.append(self.execute(task))
+        if not self.replica.synced:
+            return
+        updates, deferred, now = [], deque(), time.monotonic()
+        while self.pending:
+            since, task = self.pending.popleft()
+            if not self._ready(since, task, now):
+                deferred.append((since, task))
+                continue
+            update = self.execute(task)
+            self.gate.hold(update["task"], [*update["data"], *update["heavy"]], now + GATE_S)
+            updates.append(update)
+        self.pending = deferred
         if updates:
             self.counters["tasks"] += len(updates)
             self.updates.send_multipart(proto.encode(Cmd.UPDATE, {"updates": updates}))
@@ -233,6 +249,45 @@ class Worker:
     def _send_backend(self, cmd: Cmd, header: dict[str, Any]) -> None:
         self.backend.send_multipart(proto.encode(cmd, header))
         self._last_send = time.monotonic()
+
+
+class KeyGate:
+    """Keys written by this worker's updates that the sink has not committed yet.
+
+    A task whose process declares such a key waits: run now, it would read the value from
+    before our own pending write and conflict. A key is released by the commit event of the
+    task that wrote it, or after a deadline (the update may have been rejected).
+    """
+
+    __slots__ = ("_by_task", "_keys")
+
+    def __init__(self) -> None:
+        self._keys: dict[str, float] = {}
+        self._by_task: dict[str, list[str]] = {}
+
+    def hold(self, task_id: str, keys: list[str], deadline: float) -> None:
+        if keys:
+            self._by_task[task_id] = keys
+            for key in keys:
+                self._keys[key] = deadline
+
+    def release(self, task_ids: Any) -> None:
+        if not self._by_task:
+            return
+        for tid in task_ids:
+            for key in self._by_task.pop(tid, ()):
+                self._keys.pop(key, None)
+
+    def blocks(self, keys: frozenset[str], now: float) -> bool:
+        if not self._keys:
+            return False
+        for key in keys:
+            deadline = self._keys.get(key)
+            if deadline is not None:
+                if deadline > now:
+                    return True
+                del self._keys[key]
+        return False
 
 
 def _default_heavy(namespace: str) -> HeavyBackend | None:

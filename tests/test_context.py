@@ -50,6 +50,7 @@ def test_every_field_of_state_update_is_carried():
     assert update["signals"] == [{"topic": "done", "payload": b"x"}]
     assert update["tasks"] == [{"process": "proc", "args": {"x": 1}}]
     assert update["expect"] == 5
+    assert "expect" not in to_update(ctx, {"b": 1}, None)
 
 
 def test_bad_return_type_is_a_contract_error():
