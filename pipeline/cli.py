@@ -7,6 +7,7 @@ Signals only set a flag: the first SIGTERM/SIGINT drains, a second one exits at 
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging.config
 import os
 import signal
@@ -19,6 +20,10 @@ from pipeline.config import Endpoints, SinkConfig, WorkerConfig
 from pipeline.runner import READY_LINE
 
 log = logging.getLogger("pipeline")
+
+# Modules that add sub-commands: each defines `register(subparsers)` and keeps its own
+# imports lazy (the worker path must never import the Rust extension).
+COMMAND_MODULES: list[str] = []
 
 
 def setup_logging(level: str = "INFO", json_format: bool = False) -> None:
@@ -139,6 +144,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     _add_roles(sub)
     _add_embedded(sub)
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(sub)
     return parser
 
 
