@@ -96,6 +96,7 @@ pub(crate) struct Document {
 pub(crate) struct Table<'a> {
     entries: &'a [(String, Conf)],
     used: Vec<bool>,
+    duplicate: Option<String>,
     pub(crate) file: &'a str,
     pub(crate) at: String,
 }
@@ -105,15 +106,19 @@ impl<'a> Table<'a> {
         let Some(entries) = conf.as_map() else {
             return Err(schema(file, &at, format!("expected a table, found {}", conf.kind())));
         };
-        Ok(Table { entries, used: vec![false; entries.len()], file, at })
+        Ok(Table { entries, used: vec![false; entries.len()], duplicate: None, file, at })
     }
 
     /// The value of the first of `keys` present (aliases), marking it read.
+    /// Giving two spellings of one key is reported by `finish`.
     pub(crate) fn take(&mut self, keys: &[&str]) -> Option<(&'a str, &'a Conf)> {
         let mut found = None;
         for (i, (k, v)) in self.entries.iter().enumerate() {
             if keys.contains(&k.as_str()) && !self.used[i] {
                 self.used[i] = true;
+                if found.is_some() {
+                    self.duplicate.get_or_insert(format!("give only one of {}", keys.join(" or ")));
+                }
                 found = found.or(Some((k.as_str(), v)));
             }
         }
@@ -153,6 +158,9 @@ impl<'a> Table<'a> {
 
     /// Error on the first key nobody read.
     pub(crate) fn finish(self) -> Result<(), AuditError> {
+        if let Some(message) = &self.duplicate {
+            return Err(self.err(message.clone()));
+        }
         match self.entries.iter().zip(&self.used).find(|(_, used)| !**used) {
             None => Ok(()),
             Some(((k, _), _)) => Err(self.err(format!("unknown key '{k}'"))),
@@ -168,7 +176,12 @@ pub(crate) fn schema(file: &str, at: &str, message: String) -> AuditError {
 pub(crate) fn read_document(conf: &Conf, file: &str) -> Result<Document, AuditError> {
     let mut top = Table::new(conf, file, "top level".into())?;
     let defaults = match take_one(&mut top, &["defaults", "audit"])? {
-        Some(d) => read_settings(&mut Table::new(d, file, "defaults".into())?, true)?,
+        Some(d) => {
+            let mut t = Table::new(d, file, "defaults".into())?;
+            let settings = read_settings(&mut t, true)?;
+            t.finish()?;
+            settings
+        }
         None => PartialSettings::default(),
     };
     let mut processes = Vec::new();
@@ -185,8 +198,8 @@ pub(crate) fn read_document(conf: &Conf, file: &str) -> Result<Document, AuditEr
 /// At most one of two spellings of a section (`defaults` or `audit`).
 fn take_one<'a>(top: &mut Table<'a>, keys: &[&str]) -> Result<Option<&'a Conf>, AuditError> {
     let first = top.take(keys);
-    if top.take(keys).is_some() {
-        return Err(top.err(format!("give only one of {}", keys.join(" or "))));
+    if let Some(message) = &top.duplicate {
+        return Err(top.err(message.clone()));
     }
     Ok(first.map(|(_, v)| v))
 }
@@ -244,9 +257,13 @@ fn read_process(name: &str, body: &Conf, file: &str) -> Result<ProcessSpec, Audi
     let inherits = match t.take(&["inherits"]) {
         None => Vec::new(),
         Some((_, Conf::Str(s))) => vec![s.clone()],
-        Some((_, Conf::List(l))) if l.iter().all(|c| matches!(c, Conf::Str(_))) => {
-            l.iter().map(Conf::render).map(|s| s.trim_matches('"').to_string()).collect()
-        }
+        Some((_, Conf::List(l))) if l.iter().all(|c| matches!(c, Conf::Str(_))) => l
+            .iter()
+            .filter_map(|c| match c {
+                Conf::Str(s) => Some(s.clone()),
+                _ => None,
+            })
+            .collect(),
         Some((_, other)) => {
             return Err(t.err(format!("'inherits' must be a process name or a list of names, found {}", other.kind())))
         }
@@ -276,7 +293,15 @@ fn read_rule_list(
         return Err(schema(file, &at, format!("'{key}' must be a list of rules, found {}", list.kind())));
     };
     for (i, item) in items.iter().enumerate() {
-        let rule = read_rule(process, &format!("{key}[{i}]"), section, item, file)?;
+        let (mut rule, named) = read_rule(process, &format!("{key}[{i}]"), section, item, file)?;
+        if !named {
+            let base = rule.name.clone();
+            let mut n = 1;
+            while rules.iter().any(|r| r.name == rule.name) {
+                n += 1;
+                rule.name = format!("{base}#{n}");
+            }
+        }
         if rules.iter().any(|r| r.name == rule.name) {
             let at = at_rule(process, &rule.name);
             return Err(schema(file, &at, "two rules of one process have this name".into()));
@@ -292,7 +317,7 @@ fn read_rule(
     section: Option<&str>,
     body: &Conf,
     file: &str,
-) -> Result<RuleSpec, AuditError> {
+) -> Result<(RuleSpec, bool), AuditError> {
     let mut t = Table::new(body, file, at_rule(process, slot))?;
     let name = t.string(&["name"])?;
     if let Some(n) = &name {
@@ -302,17 +327,24 @@ fn read_rule(
         return Err(t.err("missing 'field'"));
     };
     let target = parse_target(&field, section).map_err(|m| t.err(m))?;
+    let named = name.is_some();
     let name = name.unwrap_or_else(|| field.clone());
     t.at = at_rule(process, &name);
     let settings = read_settings(&mut t, false)?;
     let required = t.boolean(&["required"])?.unwrap_or(false);
     let message = t.string(&["message"])?;
     let check = Check::read(&mut t, &target)?;
-    if check.is_empty() && !required {
-        return Err(t.err("rule has no condition (give one, or required = true)"));
-    }
+    let at = t.at.clone();
     t.finish()?;
-    Ok(RuleSpec { name, field, target, settings, required, message, check })
+    if check.is_empty() && !required {
+        return Err(schema(file, &at, "rule has no condition (give one, or required = true)".into()));
+    }
+    let field = match &target {
+        Target::Input(n) => format!("input.{n}"),
+        Target::Output(k) => format!("output.{k}"),
+        Target::Heavy(n) => format!("heavy.{n}"),
+    };
+    Ok((RuleSpec { name, field, target, settings, required, message, check }, named))
 }
 
 /// `input.<arg>`, `output.<key>`, `heavy.<name>`; in Theus' `inputs`/`outputs` lists a bare
