@@ -50,7 +50,8 @@ class TaskHandle:
 
 class Producer:
     def __init__(self, endpoint: str, *, ctx: zmq.Context[Any] | None = None,
-                 heavy: Any = None, max_message_bytes: int = 256 * 1024 * 1024) -> None:
+                 heavy: Any = None, namespace: str | None = None,
+                 max_message_bytes: int = 256 * 1024 * 1024) -> None:
         self.ctx = ctx or zmq.Context()
         self._own_ctx = ctx is None
         self.sock = self.ctx.socket(zmq.DEALER)
@@ -59,6 +60,7 @@ class Producer:
         self.sock.setsockopt(zmq.SNDHWM, 0)
         self.sock.connect(endpoint)
         self._heavy = heavy
+        self._namespace = namespace or os.environ.get("PIPELINE_NAMESPACE", "default")
         self._prefix = f"{uuid.uuid4().hex[:12]}-{os.getpid()}-"
         self._seq = itertools.count(1)
         self._decisions: dict[str, Decision] = {}
@@ -67,6 +69,8 @@ class Producer:
 
     def close(self) -> None:
         self.sock.close(linger=2000)
+        if self._heavy is not None and hasattr(self._heavy, "close"):
+            self._heavy.close()
         if self._own_ctx:
             self.ctx.term()
 
@@ -99,8 +103,8 @@ class Producer:
 
     def _attach(self, heavy: Mapping[str, Any]) -> dict[str, Any]:
         if self._heavy is None:
-            from pipeline.heavy.backend import WorkerHeavy
-            self._heavy = WorkerHeavy(os.environ.get("PIPELINE_NAMESPACE", "default"))
+            from pipeline.heavy import HeavyAllocator
+            self._heavy = HeavyAllocator(self._namespace)
         return {name: self._heavy.export(arr) for name, arr in heavy.items()}
 
     def _send(self, tasks: list[dict[str, Any]]) -> None:

@@ -137,8 +137,10 @@ class Cluster:
         self.endpoints = Endpoints.embedded(self.run_dir)
         if self.journal_dir is None:
             self.journal_dir = str(Path(self.run_dir) / "journal")
+        self._own_namespace = self.namespace is None
         if self.namespace is None:
             self.namespace = f"p{os.getpid()}-{Path(self.run_dir).name[-8:]}"
+        self.env = {**self.env, "PIPELINE_NAMESPACE": str(self.namespace)}
 
     def _ep_args(self) -> list[str]:
         ep = self.endpoints
@@ -187,6 +189,11 @@ class Cluster:
         for child in (self.broker_child, self.sink_child):
             if child is not None:
                 codes.update(stop_children([child], timeout_s))
+        if self._own_namespace:
+            from pipeline.heavy import purge_namespace
+            from pipeline.heavy.names import namespace_dir
+
+            purge_namespace(namespace_dir(str(self.namespace)))
         return codes
 
     def __enter__(self) -> Cluster:

@@ -80,6 +80,9 @@ class Worker:
             self._send_backend(Cmd.DISCONNECT, {})
         for sock in (self.backend, self.updates, self.events, self.sync):
             sock.close(linger=1000)
+        close = getattr(self.heavy, "close", None)
+        if close is not None:
+            close()
         if self._own_ctx:
             self.ctx.term()
 
@@ -211,7 +214,7 @@ class Worker:
         self.pending = deferred
         if updates:
             self.counters["tasks"] += len(updates)
-            self.updates.send_multipart(proto.encode(Cmd.UPDATE, {"updates": updates}))
+            self.updates.send_multipart(encode_updates(updates))
             self._send_backend(Cmd.READY, {"credit": len(updates)})
 
     def execute(self, task: dict[str, Any]) -> dict[str, Any]:
@@ -249,6 +252,15 @@ class Worker:
     def _send_backend(self, cmd: Cmd, header: dict[str, Any]) -> None:
         self.backend.send_multipart(proto.encode(cmd, header))
         self._last_send = time.monotonic()
+
+
+def encode_updates(updates: list[dict[str, Any]]) -> list[Any]:
+    """UPDATE frames; heavy descriptors are also listed in frame 2 for the sink to vet."""
+    heavy = [desc for u in updates for desc in u["heavy"].values()]
+    frames = proto.encode(Cmd.UPDATE, {"updates": updates})
+    if heavy:
+        frames.append(proto.pack(heavy))
+    return frames
 
 
 class KeyGate:
@@ -290,9 +302,7 @@ class KeyGate:
         return False
 
 
-def _default_heavy(namespace: str) -> HeavyBackend | None:
-    try:
-        from pipeline.heavy.backend import WorkerHeavy
-    except ImportError:
-        return None
-    return WorkerHeavy(namespace)
+def _default_heavy(namespace: str) -> HeavyBackend:
+    from pipeline.heavy import HeavyAllocator
+
+    return HeavyAllocator(namespace)
