@@ -72,7 +72,10 @@ impl ArrayConds {
 
     /// Whether any condition needs the array's bytes.
     fn reads_data(&self) -> bool {
-        self.finite == Some(true) || self.min.is_some() || self.max.is_some() || self.checksum.is_some()
+        self.finite == Some(true)
+            || self.min.is_some()
+            || self.max.is_some()
+            || self.checksum.is_some()
     }
 
     /// Ok, or Err(what is wrong).
@@ -80,7 +83,10 @@ impl ArrayConds {
         let dtype = DType::parse(arr.dtype);
         if let Some(want) = self.dtype {
             if dtype != Some(want) {
-                return Err(format!("{field} has dtype '{}', expected '{want}'", arr.dtype));
+                return Err(format!(
+                    "{field} has dtype '{}', expected '{want}'",
+                    arr.dtype
+                ));
             }
         }
         self.check_shape(field, arr.shape)?;
@@ -96,7 +102,9 @@ impl ArrayConds {
         let Some(dtype) = dtype else {
             return Err(format!("{field} has unsupported dtype '{}'", arr.dtype));
         };
-        let data = arr.data.ok_or_else(|| format!("{field}: array data not mapped"))?;
+        let data = arr
+            .data
+            .ok_or_else(|| format!("{field}: array data not mapped"))?;
         let need = count.checked_mul(dtype.size as u64);
         if need != Some(data.len() as u64) {
             return Err(format!(
@@ -113,16 +121,30 @@ impl ArrayConds {
 
     fn check_shape(&self, field: &str, shape: &[u64]) -> Result<(), String> {
         if let Some(ndim) = self.ndim.filter(|n| *n != shape.len() as u64) {
-            return Err(format!("{field} has {} dimensions, expected {ndim}", shape.len()));
+            return Err(format!(
+                "{field} has {} dimensions, expected {ndim}",
+                shape.len()
+            ));
         }
-        let Some(want) = &self.shape else { return Ok(()) };
+        let Some(want) = &self.shape else {
+            return Ok(());
+        };
         let fits = want.len() == shape.len()
-            && want.iter().zip(shape).all(|(w, d)| w.is_none_or(|w| w == *d));
+            && want
+                .iter()
+                .zip(shape)
+                .all(|(w, d)| w.is_none_or(|w| w == *d));
         if fits {
             return Ok(());
         }
-        let shown: Vec<String> = want.iter().map(|w| w.map_or("-1".into(), |w| w.to_string())).collect();
-        Err(format!("{field} has shape {shape:?}, expected [{}]", shown.join(", ")))
+        let shown: Vec<String> = want
+            .iter()
+            .map(|w| w.map_or("-1".into(), |w| w.to_string()))
+            .collect();
+        Err(format!(
+            "{field} has shape {shape:?}, expected [{}]",
+            shown.join(", ")
+        ))
     }
 
     fn check_count(&self, field: &str, count: u64) -> Result<(), String> {
@@ -140,9 +162,9 @@ impl ArrayConds {
             None => Ok(()),
             Some(Checksum::Crc32(want)) => {
                 let got = scan::crc32(data);
-                (got == *want)
-                    .then_some(())
-                    .ok_or_else(|| format!("{field} has crc32:{got:08x}, expected crc32:{want:08x}"))
+                (got == *want).then_some(()).ok_or_else(|| {
+                    format!("{field} has crc32:{got:08x}, expected crc32:{want:08x}")
+                })
             }
             Some(Checksum::Blake3(want)) => {
                 let got = blake3::hash(data).to_hex();
@@ -161,11 +183,16 @@ impl ArrayConds {
             .ok_or_else(|| format!("{field}: values of dtype '{dtype}' cannot be scanned"))?;
         let (lo, hi, count) = match stats {
             Stats::Float(s) => {
-                if s.has_nan && (self.finite == Some(true) || self.min.is_some() || self.max.is_some()) {
+                if s.has_nan
+                    && (self.finite == Some(true) || self.min.is_some() || self.max.is_some())
+                {
                     return Err(format!("{field} contains NaN"));
                 }
                 if !s.finite && self.finite == Some(true) {
-                    return Err(format!("{field} contains inf (min {}, max {})", s.min, s.max));
+                    return Err(format!(
+                        "{field} contains inf (min {}, max {})",
+                        s.min, s.max
+                    ));
                 }
                 (Num::Float(s.min), Num::Float(s.max), s.count)
             }
@@ -190,14 +217,26 @@ fn read_num(t: &mut Table<'_>, key: &str) -> Result<Option<Num>, AuditError> {
         Some((_, c)) if c.is_number() && !matches!(c, Conf::Float(f) if f.is_nan()) => {
             Ok(Num::from_conf(c))
         }
-        Some((_, other)) => Err(t.err(format!("'{key}' of an array must be a number, found {}", other.render()))),
+        Some((_, other)) => Err(t.err(format!(
+            "'{key}' of an array must be a number, found {}",
+            other.render()
+        ))),
     }
 }
 
 fn read_shape(t: &mut Table<'_>) -> Result<Option<Vec<Option<u64>>>, AuditError> {
-    let Some((_, conf)) = t.take(&["shape"]) else { return Ok(None) };
-    let bad = || t.err(format!("'shape' must be a list of lengths (-1 for any), found {}", conf.render()));
-    let Conf::List(items) = conf else { return Err(bad()) };
+    let Some((_, conf)) = t.take(&["shape"]) else {
+        return Ok(None);
+    };
+    let bad = || {
+        t.err(format!(
+            "'shape' must be a list of lengths (-1 for any), found {}",
+            conf.render()
+        ))
+    };
+    let Conf::List(items) = conf else {
+        return Err(bad());
+    };
     items
         .iter()
         .map(|item| match item {
@@ -210,7 +249,9 @@ fn read_shape(t: &mut Table<'_>) -> Result<Option<Vec<Option<u64>>>, AuditError>
 }
 
 fn read_checksum(t: &mut Table<'_>) -> Result<Option<Checksum>, AuditError> {
-    let Some(text) = t.string(&["checksum"])? else { return Ok(None) };
+    let Some(text) = t.string(&["checksum"])? else {
+        return Ok(None);
+    };
     let lower = text.to_ascii_lowercase();
     let hex = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_hexdigit());
     if let Some(h) = lower.strip_prefix("crc32:").filter(|h| hex(h, 8)) {

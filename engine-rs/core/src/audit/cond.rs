@@ -97,13 +97,17 @@ impl ValueConds {
             }
         }
         if let Some(eq) = &self.eq {
-            if !value::equals(&value, eq) {
+            if !value::equals(value, eq) {
                 return Err(format!("{field} = {} != {}", shown(), eq.render()));
             }
         }
         if let Some(neq) = &self.neq {
-            if value::equals(&value, neq) {
-                return Err(format!("{field} = {} must not equal {}", shown(), neq.render()));
+            if value::equals(value, neq) {
+                return Err(format!(
+                    "{field} = {} must not equal {}",
+                    shown(),
+                    neq.render()
+                ));
             }
         }
         check_bound(field, value, self.min.as_ref(), Ordering::Less, "<")?;
@@ -141,7 +145,10 @@ impl ValueConds {
                 value::render(value),
                 re.as_str()
             )),
-            None => Err(format!("{field} = {} is not a UTF-8 string", value::render(value))),
+            None => Err(format!(
+                "{field} = {} is not a UTF-8 string",
+                value::render(value)
+            )),
         }
     }
 }
@@ -151,12 +158,17 @@ fn read_bound(t: &mut Table<'_>, key: &str) -> Result<Option<Bound>, AuditError>
         None => Ok(None),
         Some((_, Conf::Str(s))) => Ok(Some(Bound::Str(s.clone()))),
         Some((_, c)) if c.is_number() => Ok(Num::from_conf(c).map(Bound::Num)),
-        Some((_, other)) => Err(t.err(format!("'{key}' must be a number or a string, found {}", other.kind()))),
+        Some((_, other)) => Err(t.err(format!(
+            "'{key}' must be a number or a string, found {}",
+            other.kind()
+        ))),
     }
 }
 
 fn read_regex(t: &mut Table<'_>) -> Result<Option<Regex>, AuditError> {
-    let Some(pattern) = t.string(&["regex"])? else { return Ok(None) };
+    let Some(pattern) = t.string(&["regex"])? else {
+        return Ok(None);
+    };
     Regex::new(&pattern)
         .map(Some)
         .map_err(|e| t.err(format!("invalid regex /{pattern}/: {e}")))
@@ -174,16 +186,30 @@ fn check_bound(
     let (order, shown) = match bound {
         Bound::Num(b) => match Num::from_value(value) {
             Some(v) => (v.cmp(*b), b.to_string()),
-            None => return Err(format!("{field} = {} is not a number", value::render(value))),
+            None => {
+                return Err(format!(
+                    "{field} = {} is not a number",
+                    value::render(value)
+                ))
+            }
         },
         Bound::Str(b) => match value {
             ValueRef::String(s) => (Some(s.as_bytes().cmp(b.as_bytes())), format!("{b:?}")),
-            _ => return Err(format!("{field} = {} is not a string", value::render(value))),
+            _ => {
+                return Err(format!(
+                    "{field} = {} is not a string",
+                    value::render(value)
+                ))
+            }
         },
     };
     match order {
         Some(o) if o != bad => Ok(()),
-        Some(_) => Err(format!("{field} = {} {sign} {} {shown}", value::render(value), bound_name(bad))),
+        Some(_) => Err(format!(
+            "{field} = {} {sign} {} {shown}",
+            value::render(value),
+            bound_name(bad)
+        )),
         None => Err(format!("{field} = {} is NaN", value::render(value))),
     }
 }

@@ -66,11 +66,13 @@ impl Conf {
 
 /// Parse TOML text into a `Conf` tree.
 pub(crate) fn from_toml(text: &str, file: &str) -> Result<Conf, AuditError> {
-    let table: toml::Table = text.parse().map_err(|e: toml::de::Error| AuditError::Syntax {
-        file: file.to_string(),
-        format: "TOML",
-        message: e.to_string().trim_end().to_string(),
-    })?;
+    let table: toml::Table = text
+        .parse()
+        .map_err(|e: toml::de::Error| AuditError::Syntax {
+            file: file.to_string(),
+            format: "TOML",
+            message: e.to_string().trim_end().to_string(),
+        })?;
     Ok(toml_table(table))
 }
 
@@ -97,8 +99,7 @@ pub(crate) fn from_yaml(text: &str, file: &str) -> Result<Conf, AuditError> {
         format: "YAML",
         message,
     };
-    let value: serde_yaml::Value =
-        serde_yaml::from_str(text).map_err(|e| syntax(e.to_string()))?;
+    let value: serde_yaml::Value = serde_yaml::from_str(text).map_err(|e| syntax(e.to_string()))?;
     match yaml_value(value).map_err(syntax)? {
         Conf::Nil => Ok(Conf::Map(Vec::new())),
         conf => Ok(conf),

@@ -55,7 +55,11 @@ impl DType {
             DKind::Int | DKind::UInt => matches!(size, 1 | 2 | 4 | 8),
             DKind::Bool => size == 1,
         };
-        ok.then_some(DType { kind, size, big_endian: big && size > 1 })
+        ok.then_some(DType {
+            kind,
+            size,
+            big_endian: big && size > 1,
+        })
     }
 
     fn from_name(text: &str) -> Option<DType> {
@@ -103,13 +107,20 @@ mod tests {
 
     #[test]
     fn parses_numpy_strings_and_names() {
-        let f8 = DType { kind: DKind::Float, size: 8, big_endian: false };
+        let f8 = DType {
+            kind: DKind::Float,
+            size: 8,
+            big_endian: false,
+        };
         assert_eq!(DType::parse("<f8"), Some(f8));
         assert_eq!(DType::parse("float64"), Some(f8));
         assert_eq!(DType::parse("f8"), Some(f8));
         assert_eq!(DType::parse("=f8"), Some(f8));
         assert_eq!(DType::parse("|u1"), DType::parse("<u1"));
-        assert_eq!(DType::parse("|u1").map(|d| d.to_string()).as_deref(), Some("|u1"));
+        assert_eq!(
+            DType::parse("|u1").map(|d| d.to_string()).as_deref(),
+            Some("|u1")
+        );
         assert_eq!(DType::parse(">i4").map(|d| d.big_endian), Some(true));
         assert_eq!(DType::parse("|f8"), None);
         assert_eq!(DType::parse("<c16"), None);

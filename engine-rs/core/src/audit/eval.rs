@@ -18,7 +18,9 @@ pub(crate) fn evaluate(recipe: &Recipe, input: &AuditInput<'_>) -> Vec<(usize, F
         .iter()
         .enumerate()
         .filter_map(|(i, rule)| {
-            eval_rule(rule, input).err().map(|detail| (i, finding(rule, detail)))
+            eval_rule(rule, input)
+                .err()
+                .map(|detail| (i, finding(rule, detail)))
         })
         .collect()
 }
@@ -28,7 +30,11 @@ fn finding(rule: &Rule, detail: String) -> Finding {
         Some(m) => format!("{m} ({detail})"),
         None => detail,
     };
-    Finding { rule: rule.name.clone(), level: rule.level, message }
+    Finding {
+        rule: rule.name.clone(),
+        level: rule.level,
+        message,
+    }
 }
 
 fn eval_rule(rule: &Rule, input: &AuditInput<'_>) -> Result<(), String> {
@@ -45,7 +51,10 @@ fn eval_rule(rule: &Rule, input: &AuditInput<'_>) -> Result<(), String> {
             Some(v) => conds.eval(&rule.field, &v),
             None => missing(rule),
         },
-        _ => Err(format!("{}: rule kind does not match its field", rule.field)),
+        _ => Err(format!(
+            "{}: rule kind does not match its field",
+            rule.field
+        )),
     }
 }
 
@@ -91,7 +100,9 @@ fn decode<'a>(f: &Field<'a>, prefix: &str) -> Result<ValueRef<'a>, String> {
 
 fn descend<'a>(mut value: ValueRef<'a>, path: &str) -> Option<ValueRef<'a>> {
     for key in path.split('.') {
-        let ValueRef::Map(entries) = value else { return None };
+        let ValueRef::Map(entries) = value else {
+            return None;
+        };
         value = value::map_get(&entries, key)?.clone();
     }
     Some(value)

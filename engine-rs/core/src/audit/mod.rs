@@ -17,6 +17,8 @@ mod state;
 mod value;
 
 #[cfg(test)]
+mod testkit;
+#[cfg(test)]
 mod tests_array;
 #[cfg(test)]
 mod tests_levels;
@@ -24,8 +26,6 @@ mod tests_levels;
 mod tests_recipe;
 #[cfg(test)]
 mod tests_scan;
-#[cfg(test)]
-mod testkit;
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -35,7 +35,10 @@ use crate::audit_api::{Audit, AuditInput, Failure, Finding, Level, Verdict};
 
 pub use dtype::{DKind, DType};
 pub use error::AuditError;
-pub use scan::{crc32, scan, scan_f32, scan_f64, scan_i32, scan_i64, scan_u8, IntStats, ScanStats, Stats, PAR_MIN_BYTES};
+pub use scan::{
+    crc32, scan, scan_f32, scan_f64, scan_i32, scan_i64, scan_u8, IntStats, ScanStats, Stats,
+    PAR_MIN_BYTES,
+};
 pub use state::{AuditEvent, BlockState, EventKind};
 
 use recipe::{Recipe, Recipes};
@@ -52,13 +55,22 @@ pub struct Auditor {
 impl Auditor {
     /// Load a recipe file: `.toml`, or `.yaml`/`.yml`.
     pub fn from_file(path: &Path) -> Result<Auditor, AuditError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| AuditError::Io { path: path.to_path_buf(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| AuditError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
         let file = path.display().to_string();
-        match path.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase).as_deref() {
+        match path
+            .extension()
+            .and_then(|e| e.to_str())
+            .map(str::to_ascii_lowercase)
+            .as_deref()
+        {
             Some("toml") => Self::from_conf(&conf::from_toml(&text, &file)?, &file),
             Some("yaml" | "yml") => Self::from_conf(&conf::from_yaml(&text, &file)?, &file),
-            _ => Err(AuditError::Format { path: path.to_path_buf() }),
+            _ => Err(AuditError::Format {
+                path: path.to_path_buf(),
+            }),
         }
     }
 
@@ -83,7 +95,9 @@ impl Auditor {
 
     /// Where `process` stands now.
     pub fn block_state(&self, process: &str) -> BlockState {
-        self.states.get(process).map_or(BlockState::Open, |s| s.block.clone())
+        self.states
+            .get(process)
+            .map_or(BlockState::Open, |s| s.block.clone())
     }
 
     /// The process's counted failures since its last reset.
@@ -93,7 +107,12 @@ impl Auditor {
 
     /// A rule's consecutive failure count; None if the process has no such rule.
     pub fn rule_count(&self, process: &str, rule: &str) -> Option<u32> {
-        let index = self.recipes.get(process).rules.iter().position(|r| r.name == rule)?;
+        let index = self
+            .recipes
+            .get(process)
+            .rules
+            .iter()
+            .position(|r| r.name == rule)?;
         Some(self.states.get(process).map_or(0, |s| s.rule_counts[index]))
     }
 
@@ -123,7 +142,12 @@ impl Auditor {
 
     /// Count one rejected update against the fired B rules and the process; the reason to
     /// block, if a threshold is reached.
-    fn count_rejection(&mut self, process: &str, recipe: &Recipe, fired: &mut [(usize, Finding)]) -> Option<String> {
+    fn count_rejection(
+        &mut self,
+        process: &str,
+        recipe: &Recipe,
+        fired: &mut [(usize, Finding)],
+    ) -> Option<String> {
         let state = self.state(process, recipe);
         let mut reason = None;
         let mut warnings = Vec::new();
@@ -138,14 +162,19 @@ impl Auditor {
                     rule.name, rule.max_threshold, f.message
                 ));
             } else if n >= rule.min_threshold {
-                warnings.push(format!("rule '{}' failed {n} of {} times: {}", rule.name, rule.max_threshold, f.message));
+                warnings.push(format!(
+                    "rule '{}' failed {n} of {} times: {}",
+                    rule.name, rule.max_threshold, f.message
+                ));
             }
         }
         if let Some((_, a)) = fired.iter().find(|(_, f)| f.level == Level::A) {
             reason = Some(format!("rule '{}' (level A) failed: {}", a.rule, a.message));
         }
         if recipe.settings.count.contains(Failure::Rule) {
-            let detail = fired.first().map_or(String::new(), |(_, f)| f.message.clone());
+            let detail = fired
+                .first()
+                .map_or(String::new(), |(_, f)| f.message.clone());
             if let Some(r) = self.count_failure(process, recipe, "rule", &detail) {
                 reason.get_or_insert(r);
             }
@@ -159,7 +188,13 @@ impl Auditor {
     }
 
     /// Add one to the process's failure counter; the reason to block at max_threshold.
-    fn count_failure(&mut self, process: &str, recipe: &Recipe, kind: &str, detail: &str) -> Option<String> {
+    fn count_failure(
+        &mut self,
+        process: &str,
+        recipe: &Recipe,
+        kind: &str,
+        detail: &str,
+    ) -> Option<String> {
         let s = &recipe.settings;
         let state = self.state(process, recipe);
         state.failures += 1;
@@ -173,7 +208,10 @@ impl Auditor {
         }
         if n >= s.min_threshold {
             state.warnings += 1;
-            let msg = format!("{n} of {} failures before block (last: {kind})", s.max_threshold);
+            let msg = format!(
+                "{n} of {} failures before block (last: {kind})",
+                s.max_threshold
+            );
             self.events.push(process, EventKind::Warning, msg);
         }
         None
@@ -182,20 +220,29 @@ impl Auditor {
     /// Block the process; A rules raise an alert as well.
     fn block(&mut self, process: &str, recipe: &Recipe, reason: &str, alert: bool, now_ms: u64) {
         let cooldown = recipe.settings.cooldown_ms;
-        self.state(process, recipe).block(reason.to_string(), cooldown, now_ms);
+        self.state(process, recipe)
+            .block(reason.to_string(), cooldown, now_ms);
         if alert {
-            self.events.push(process, EventKind::Alert, reason.to_string());
+            self.events
+                .push(process, EventKind::Alert, reason.to_string());
         }
-        self.events.push(process, EventKind::Blocked, reason.to_string());
+        self.events
+            .push(process, EventKind::Blocked, reason.to_string());
     }
 }
 
 impl Audit for Auditor {
     fn admit(&mut self, process: &str, now_ms: u64) -> Result<(), String> {
-        let Some(state) = self.states.get_mut(process) else { return Ok(()) };
+        let Some(state) = self.states.get_mut(process) else {
+            return Ok(());
+        };
         if state.admit(process, now_ms)? {
             let reason = state.block_reason().unwrap_or_default().to_string();
-            self.events.push(process, EventKind::HalfOpen, format!("trial update admitted after: {reason}"));
+            self.events.push(
+                process,
+                EventKind::HalfOpen,
+                format!("trial update admitted after: {reason}"),
+            );
         }
         Ok(())
     }
@@ -206,14 +253,23 @@ impl Audit for Auditor {
         let mut fired = eval::evaluate(&recipe, input);
         if let Some((_, stop)) = fired.iter().find(|(_, f)| f.level == Level::S) {
             let stop = stop.clone();
-            self.events.push(process, EventKind::Stop, format!("rule '{}': {}", stop.rule, stop.message));
+            self.events.push(
+                process,
+                EventKind::Stop,
+                format!("rule '{}': {}", stop.rule, stop.message),
+            );
             if self.state(process, &recipe).in_trial() {
-                let reason = format!("half-open trial update stopped the pipeline: {}", stop.message);
+                let reason = format!(
+                    "half-open trial update stopped the pipeline: {}",
+                    stop.message
+                );
                 self.block(process, &recipe, &reason, false, now_ms);
             }
             return Verdict::Stop { finding: stop };
         }
-        let rejecting = fired.iter().any(|(_, f)| matches!(f.level, Level::A | Level::B));
+        let rejecting = fired
+            .iter()
+            .any(|(_, f)| matches!(f.level, Level::A | Level::B));
         if !rejecting {
             let notes = fired.into_iter().map(|(_, f)| f).collect();
             return Verdict::Pass { notes };
@@ -224,7 +280,9 @@ impl Audit for Auditor {
             let has_a = fired.iter().any(|(_, f)| f.level == Level::A);
             let mut reason = self.count_rejection(process, &recipe, &mut fired);
             if in_trial && reason.is_none() {
-                let first = &fired.iter().find(|(_, f)| f.level != Level::C && f.level != Level::I);
+                let first = &fired
+                    .iter()
+                    .find(|(_, f)| f.level != Level::C && f.level != Level::I);
                 let detail = first.map_or(String::new(), |(_, f)| f.message.clone());
                 reason = Some(format!("half-open trial update rejected: {detail}"));
             }
@@ -238,13 +296,20 @@ impl Audit for Auditor {
             .or_else(|| fired.iter().find(|(_, f)| f.level == Level::B))
             .map(|(_, f)| f.clone())
             .expect("a rejecting finding exists");
-        let blocked = self.states.get(process).and_then(|s| s.block_reason()).map(str::to_string);
+        let blocked = self
+            .states
+            .get(process)
+            .and_then(|s| s.block_reason())
+            .map(str::to_string);
         Verdict::Reject { finding, blocked }
     }
 
     fn failure(&mut self, process: &str, kind: Failure, now_ms: u64) -> Option<String> {
         let recipe = Arc::clone(self.recipes.get(process));
-        let name = schema::ALL_KINDS.iter().find(|(k, _)| *k == kind).map_or("failure", |(_, n)| n);
+        let name = schema::ALL_KINDS
+            .iter()
+            .find(|(k, _)| *k == kind)
+            .map_or("failure", |(_, n)| n);
         let state = self.state(process, &recipe);
         if state.is_hard_blocked() {
             return None;
@@ -265,7 +330,9 @@ impl Audit for Auditor {
     }
 
     fn success(&mut self, process: &str) {
-        let Some(state) = self.states.get_mut(process) else { return };
+        let Some(state) = self.states.get_mut(process) else {
+            return;
+        };
         let recipe = self.recipes.get(process);
         for (count, rule) in state.rule_counts.iter_mut().zip(&recipe.rules) {
             if rule.reset_on_success {
@@ -283,13 +350,19 @@ impl Audit for Auditor {
     }
 
     fn unblock(&mut self, process: &str) -> bool {
-        let Some(state) = self.states.get_mut(process) else { return false };
+        let Some(state) = self.states.get_mut(process) else {
+            return false;
+        };
         if state.block == BlockState::Open {
             return false;
         }
         state.block = BlockState::Open;
         state.clear_counters();
-        self.events.push(process, EventKind::Unblocked, "unblocked by operator".into());
+        self.events.push(
+            process,
+            EventKind::Unblocked,
+            "unblocked by operator".into(),
+        );
         true
     }
 

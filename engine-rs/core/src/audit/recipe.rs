@@ -72,15 +72,23 @@ fn builtin() -> PartialSettings {
 pub(crate) fn resolve(doc: &Document, file: &str) -> Result<Recipes, AuditError> {
     let base = doc.defaults.over(&builtin());
     let default = compile(&base, &[], file, "defaults")?;
-    let specs: HashMap<&str, &ProcessSpec> = doc.processes.iter().map(|p| (p.name.as_str(), p)).collect();
-    let mut flat = Flattener { specs: &specs, file, done: HashMap::new() };
+    let specs: HashMap<&str, &ProcessSpec> =
+        doc.processes.iter().map(|p| (p.name.as_str(), p)).collect();
+    let mut flat = Flattener {
+        specs: &specs,
+        file,
+        done: HashMap::new(),
+    };
     let mut processes = HashMap::new();
     for spec in &doc.processes {
         let (settings, rules) = flat.flatten(&spec.name, &mut Vec::new())?;
         let recipe = compile(&settings.over(&base), &rules, file, &spec.name)?;
         processes.insert(spec.name.clone(), Arc::new(recipe));
     }
-    Ok(Recipes { default: Arc::new(default), processes })
+    Ok(Recipes {
+        default: Arc::new(default),
+        processes,
+    })
 }
 
 /// Effective (unresolved) settings and rules of each process, following `inherits`.
@@ -136,7 +144,8 @@ impl Flattener<'_> {
                 None => rules.push(r.clone()),
             }
         }
-        self.done.insert(name.to_string(), (settings.clone(), rules.clone()));
+        self.done
+            .insert(name.to_string(), (settings.clone(), rules.clone()));
         Ok((settings, rules))
     }
 }
@@ -147,7 +156,11 @@ fn compile(
     file: &str,
     process: &str,
 ) -> Result<Recipe, AuditError> {
-    let at = if process == "defaults" { "defaults".to_string() } else { at_process(process) };
+    let at = if process == "defaults" {
+        "defaults".to_string()
+    } else {
+        at_process(process)
+    };
     let settings = Settings {
         level: s.level.unwrap_or(Level::B),
         min_threshold: s.min_threshold.unwrap_or(1),
@@ -177,7 +190,12 @@ fn compile_rule(r: &RuleSpec, p: &Settings, file: &str, process: &str) -> Result
         message: r.message.clone(),
         check: r.check.clone(),
     };
-    check_thresholds(rule.min_threshold, rule.max_threshold, file, &at_rule(process, &r.name))?;
+    check_thresholds(
+        rule.min_threshold,
+        rule.max_threshold,
+        file,
+        &at_rule(process, &r.name),
+    )?;
     Ok(rule)
 }
 

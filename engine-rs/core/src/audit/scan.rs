@@ -56,7 +56,11 @@ impl ScanStats {
 
 impl IntStats {
     fn merge(self, o: IntStats) -> IntStats {
-        IntStats { min: self.min.min(o.min), max: self.max.max(o.max), count: self.count + o.count }
+        IntStats {
+            min: self.min.min(o.min),
+            max: self.max.max(o.max),
+            count: self.count + o.count,
+        }
     }
 }
 
@@ -70,7 +74,13 @@ macro_rules! float_kernel {
             const W: usize = std::mem::size_of::<$f>();
             const L: usize = BLOCK / W;
             const ABS: $bits = <$bits>::MAX >> 1;
-            let load = |b: [u8; W]| if BE { <$bits>::from_be_bytes(b) } else { <$bits>::from_le_bytes(b) };
+            let load = |b: [u8; W]| {
+                if BE {
+                    <$bits>::from_be_bytes(b)
+                } else {
+                    <$bits>::from_le_bytes(b)
+                }
+            };
             let (blocks, rest) = data.as_chunks::<BLOCK>();
             let mut mn = [<$f>::INFINITY; L];
             let mut mx = [<$f>::NEG_INFINITY; L];
@@ -100,8 +110,14 @@ macro_rules! float_kernel {
             ScanStats {
                 finite: worst < inf,
                 has_nan: worst > inf,
-                min: mn.iter().copied().fold(f64::INFINITY, |m, x| m.min(f64::from(x))),
-                max: mx.iter().copied().fold(f64::NEG_INFINITY, |m, x| m.max(f64::from(x))),
+                min: mn
+                    .iter()
+                    .copied()
+                    .fold(f64::INFINITY, |m, x| m.min(f64::from(x))),
+                max: mx
+                    .iter()
+                    .copied()
+                    .fold(f64::NEG_INFINITY, |m, x| m.max(f64::from(x))),
                 count: (data.len() / W) as u64,
             }
         }
@@ -114,7 +130,13 @@ macro_rules! int_kernel {
         fn $name<const BE: bool>(data: &[u8]) -> IntStats {
             const W: usize = std::mem::size_of::<$t>();
             const L: usize = BLOCK / W;
-            let load = |b: [u8; W]| if BE { <$t>::from_be_bytes(b) } else { <$t>::from_le_bytes(b) };
+            let load = |b: [u8; W]| {
+                if BE {
+                    <$t>::from_be_bytes(b)
+                } else {
+                    <$t>::from_le_bytes(b)
+                }
+            };
             let (blocks, rest) = data.as_chunks::<BLOCK>();
             let mut mn = [<$t>::MAX; L];
             let mut mx = [<$t>::MIN; L];
@@ -134,7 +156,11 @@ macro_rules! int_kernel {
             }
             let count = (data.len() / W) as u64;
             if count == 0 {
-                return IntStats { min: 0, max: -1, count };
+                return IntStats {
+                    min: 0,
+                    max: -1,
+                    count,
+                };
             }
             IntStats {
                 min: mn.iter().copied().min().map_or(0, i128::from),
@@ -258,8 +284,16 @@ pub fn scan_u8(data: &[u8]) -> IntStats {
 /// Scan bytes of any supported dtype; None for a dtype no kernel reads (float16).
 pub fn scan(dtype: DType, data: &[u8]) -> Option<Stats> {
     let be = dtype.big_endian;
-    let float = |f: fn(&[u8]) -> ScanStats| Some(Stats::Float(parallel(data, dtype.size, f, ScanStats::merge)));
-    let int = |f: fn(&[u8]) -> IntStats| Some(Stats::Int(parallel(data, dtype.size, f, IntStats::merge)));
+    let float = |f: fn(&[u8]) -> ScanStats| {
+        Some(Stats::Float(parallel(
+            data,
+            dtype.size,
+            f,
+            ScanStats::merge,
+        )))
+    };
+    let int =
+        |f: fn(&[u8]) -> IntStats| Some(Stats::Int(parallel(data, dtype.size, f, IntStats::merge)));
     match (dtype.kind, dtype.size) {
         (DKind::Float, 8) => float(if be { s_f64_be } else { s_f64_le }),
         (DKind::Float, 4) => float(if be { s_f32_be } else { s_f32_le }),

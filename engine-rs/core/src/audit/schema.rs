@@ -104,9 +104,19 @@ pub(crate) struct Table<'a> {
 impl<'a> Table<'a> {
     pub(crate) fn new(conf: &'a Conf, file: &'a str, at: String) -> Result<Self, AuditError> {
         let Some(entries) = conf.as_map() else {
-            return Err(schema(file, &at, format!("expected a table, found {}", conf.kind())));
+            return Err(schema(
+                file,
+                &at,
+                format!("expected a table, found {}", conf.kind()),
+            ));
         };
-        Ok(Table { entries, used: vec![false; entries.len()], duplicate: None, file, at })
+        Ok(Table {
+            entries,
+            used: vec![false; entries.len()],
+            duplicate: None,
+            file,
+            at,
+        })
     }
 
     /// The value of the first of `keys` present (aliases), marking it read.
@@ -117,7 +127,8 @@ impl<'a> Table<'a> {
             if keys.contains(&k.as_str()) && !self.used[i] {
                 self.used[i] = true;
                 if found.is_some() {
-                    self.duplicate.get_or_insert(format!("give only one of {}", keys.join(" or ")));
+                    self.duplicate
+                        .get_or_insert(format!("give only one of {}", keys.join(" or ")));
                 }
                 found = found.or(Some((k.as_str(), v)));
             }
@@ -133,7 +144,9 @@ impl<'a> Table<'a> {
         match self.take(keys) {
             None => Ok(None),
             Some((_, Conf::Str(s))) => Ok(Some(s.clone())),
-            Some((k, other)) => Err(self.err(format!("'{k}' must be a string, found {}", other.kind()))),
+            Some((k, other)) => {
+                Err(self.err(format!("'{k}' must be a string, found {}", other.kind())))
+            }
         }
     }
 
@@ -141,7 +154,10 @@ impl<'a> Table<'a> {
         match self.take(keys) {
             None => Ok(None),
             Some((_, Conf::Bool(b))) => Ok(Some(*b)),
-            Some((k, other)) => Err(self.err(format!("'{k}' must be true or false, found {}", other.kind()))),
+            Some((k, other)) => Err(self.err(format!(
+                "'{k}' must be true or false, found {}",
+                other.kind()
+            ))),
         }
     }
 
@@ -161,7 +177,12 @@ impl<'a> Table<'a> {
         if let Some(message) = &self.duplicate {
             return Err(self.err(message.clone()));
         }
-        match self.entries.iter().zip(&self.used).find(|(_, used)| !**used) {
+        match self
+            .entries
+            .iter()
+            .zip(&self.used)
+            .find(|(_, used)| !**used)
+        {
             None => Ok(()),
             Some(((k, _), _)) => Err(self.err(format!("unknown key '{k}'"))),
         }
@@ -169,7 +190,11 @@ impl<'a> Table<'a> {
 }
 
 pub(crate) fn schema(file: &str, at: &str, message: String) -> AuditError {
-    AuditError::Schema { file: file.to_string(), at: at.to_string(), message }
+    AuditError::Schema {
+        file: file.to_string(),
+        at: at.to_string(),
+        message,
+    }
 }
 
 /// Read a whole recipe document.
@@ -192,7 +217,10 @@ pub(crate) fn read_document(conf: &Conf, file: &str) -> Result<Document, AuditEr
         }
     }
     top.finish()?;
-    Ok(Document { defaults, processes })
+    Ok(Document {
+        defaults,
+        processes,
+    })
 }
 
 /// At most one of two spellings of a section (`defaults` or `audit`).
@@ -206,15 +234,25 @@ fn take_one<'a>(top: &mut Table<'a>, keys: &[&str]) -> Result<Option<&'a Conf>, 
 
 fn read_settings(t: &mut Table<'_>, whole: bool) -> Result<PartialSettings, AuditError> {
     let mut s = PartialSettings {
-        level: t.string(&["level"])?.map(|l| parse_level(&l, t)).transpose()?,
-        min_threshold: t.uint(&["min_threshold", "threshold_min"], u32::MAX.into())?.map(|v| v as u32),
-        max_threshold: t.uint(&["max_threshold", "threshold_max"], u32::MAX.into())?.map(|v| v as u32),
+        level: t
+            .string(&["level"])?
+            .map(|l| parse_level(&l, t))
+            .transpose()?,
+        min_threshold: t
+            .uint(&["min_threshold", "threshold_min"], u32::MAX.into())?
+            .map(|v| v as u32),
+        max_threshold: t
+            .uint(&["max_threshold", "threshold_max"], u32::MAX.into())?
+            .map(|v| v as u32),
         reset_on_success: t.boolean(&["reset_on_success"])?,
         ..PartialSettings::default()
     };
     if whole {
         s.cooldown_ms = t.uint(&["cooldown_ms"], u64::MAX)?;
-        s.count = t.take(&["count"]).map(|(_, c)| parse_count(c, t)).transpose()?;
+        s.count = t
+            .take(&["count"])
+            .map(|(_, c)| parse_count(c, t))
+            .transpose()?;
     }
     Ok(s)
 }
@@ -233,7 +271,10 @@ pub(crate) fn parse_level(text: &str, t: &Table<'_>) -> Result<Level, AuditError
 
 fn parse_count(conf: &Conf, t: &Table<'_>) -> Result<KindSet, AuditError> {
     let Conf::List(items) = conf else {
-        return Err(t.err(format!("'count' must be a list of failure kinds, found {}", conf.kind())));
+        return Err(t.err(format!(
+            "'count' must be a list of failure kinds, found {}",
+            conf.kind()
+        )));
     };
     let mut set = 0u8;
     for item in items {
@@ -265,19 +306,31 @@ fn read_process(name: &str, body: &Conf, file: &str) -> Result<ProcessSpec, Audi
             })
             .collect(),
         Some((_, other)) => {
-            return Err(t.err(format!("'inherits' must be a process name or a list of names, found {}", other.kind())))
+            return Err(t.err(format!(
+                "'inherits' must be a process name or a list of names, found {}",
+                other.kind()
+            )))
         }
     };
     let settings = read_settings(&mut t, true)?;
     t.string(&["description"])?;
     let mut rules = Vec::new();
-    for (key, section) in [("rules", None), ("inputs", Some("input")), ("outputs", Some("output"))] {
+    for (key, section) in [
+        ("rules", None),
+        ("inputs", Some("input")),
+        ("outputs", Some("output")),
+    ] {
         if let Some((_, list)) = t.take(&[key]) {
             read_rule_list(name, key, section, list, file, &mut rules)?;
         }
     }
     t.finish()?;
-    Ok(ProcessSpec { name: name.to_string(), inherits, settings, rules })
+    Ok(ProcessSpec {
+        name: name.to_string(),
+        inherits,
+        settings,
+        rules,
+    })
 }
 
 fn read_rule_list(
@@ -290,7 +343,11 @@ fn read_rule_list(
 ) -> Result<(), AuditError> {
     let Conf::List(items) = list else {
         let at = at_process(process);
-        return Err(schema(file, &at, format!("'{key}' must be a list of rules, found {}", list.kind())));
+        return Err(schema(
+            file,
+            &at,
+            format!("'{key}' must be a list of rules, found {}", list.kind()),
+        ));
     };
     for (i, item) in items.iter().enumerate() {
         let (mut rule, named) = read_rule(process, &format!("{key}[{i}]"), section, item, file)?;
@@ -304,7 +361,11 @@ fn read_rule_list(
         }
         if rules.iter().any(|r| r.name == rule.name) {
             let at = at_rule(process, &rule.name);
-            return Err(schema(file, &at, "two rules of one process have this name".into()));
+            return Err(schema(
+                file,
+                &at,
+                "two rules of one process have this name".into(),
+            ));
         }
         rules.push(rule);
     }
@@ -337,14 +398,29 @@ fn read_rule(
     let at = t.at.clone();
     t.finish()?;
     if check.is_empty() && !required {
-        return Err(schema(file, &at, "rule has no condition (give one, or required = true)".into()));
+        return Err(schema(
+            file,
+            &at,
+            "rule has no condition (give one, or required = true)".into(),
+        ));
     }
     let field = match &target {
         Target::Input(n) => format!("input.{n}"),
         Target::Output(k) => format!("output.{k}"),
         Target::Heavy(n) => format!("heavy.{n}"),
     };
-    Ok((RuleSpec { name, field, target, settings, required, message, check }, named))
+    Ok((
+        RuleSpec {
+            name,
+            field,
+            target,
+            settings,
+            required,
+            message,
+            check,
+        },
+        named,
+    ))
 }
 
 /// `input.<arg>`, `output.<key>`, `heavy.<name>`; in Theus' `inputs`/`outputs` lists a bare
@@ -356,7 +432,9 @@ fn parse_target(field: &str, section: Option<&str>) -> Result<Target, String> {
     }
     match section {
         Some("input") => Ok(Target::Input(split("input.").unwrap_or(field).to_string())),
-        Some(_) => Ok(Target::Output(split("output.").unwrap_or(field).to_string())),
+        Some(_) => Ok(Target::Output(
+            split("output.").unwrap_or(field).to_string(),
+        )),
         None => {
             if let Some(rest) = split("input.") {
                 Ok(Target::Input(rest.to_string()))

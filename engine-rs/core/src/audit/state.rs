@@ -9,10 +9,16 @@ pub enum BlockState {
     /// Updates are admitted.
     Open,
     /// Updates are refused until `unblock`, or until `until_ms` when a cool-down is set.
-    Blocked { reason: String, until_ms: Option<u64> },
+    Blocked {
+        reason: String,
+        until_ms: Option<u64>,
+    },
     /// The cool-down ended: one trial update is admitted. Its success clears the block, its
     /// failure blocks again for another cool-down.
-    HalfOpen { reason: String, trial_in_flight: bool },
+    HalfOpen {
+        reason: String,
+        trial_in_flight: bool,
+    },
 }
 
 /// What an `AuditEvent` records.
@@ -54,7 +60,12 @@ pub(crate) struct ProcState {
 
 impl ProcState {
     pub(crate) fn new(rules: usize) -> Self {
-        ProcState { rule_counts: vec![0; rules], failures: 0, warnings: 0, block: BlockState::Open }
+        ProcState {
+            rule_counts: vec![0; rules],
+            failures: 0,
+            warnings: 0,
+            block: BlockState::Open,
+        }
     }
 
     /// Blocked or half-open with its trial out: failures are not counted then.
@@ -63,14 +74,22 @@ impl ProcState {
     }
 
     pub(crate) fn in_trial(&self) -> bool {
-        matches!(self.block, BlockState::HalfOpen { trial_in_flight: true, .. })
+        matches!(
+            self.block,
+            BlockState::HalfOpen {
+                trial_in_flight: true,
+                ..
+            }
+        )
     }
 
     /// The reason of the current block, if any.
     pub(crate) fn block_reason(&self) -> Option<&str> {
         match &self.block {
             BlockState::Open => None,
-            BlockState::Blocked { reason, .. } | BlockState::HalfOpen { reason, .. } => Some(reason),
+            BlockState::Blocked { reason, .. } | BlockState::HalfOpen { reason, .. } => {
+                Some(reason)
+            }
         }
     }
 
@@ -90,27 +109,42 @@ impl ProcState {
     pub(crate) fn admit(&mut self, process: &str, now_ms: u64) -> Result<bool, String> {
         match &mut self.block {
             BlockState::Open => Ok(false),
-            BlockState::Blocked { reason, until_ms: Some(t) } if now_ms >= *t => {
+            BlockState::Blocked {
+                reason,
+                until_ms: Some(t),
+            } if now_ms >= *t => {
                 let reason = std::mem::take(reason);
-                self.block = BlockState::HalfOpen { reason, trial_in_flight: true };
+                self.block = BlockState::HalfOpen {
+                    reason,
+                    trial_in_flight: true,
+                };
                 Ok(true)
             }
             BlockState::Blocked { reason, until_ms } => Err(match until_ms {
                 Some(t) => format!("process '{process}' is blocked until {t} ms: {reason}"),
                 None => format!("process '{process}' is blocked until unblocked: {reason}"),
             }),
-            BlockState::HalfOpen { trial_in_flight: false, .. } => {
+            BlockState::HalfOpen {
+                trial_in_flight: false,
+                ..
+            } => {
                 self.set_trial(true);
                 Ok(true)
             }
-            BlockState::HalfOpen { reason, trial_in_flight: true } => Err(format!(
+            BlockState::HalfOpen {
+                reason,
+                trial_in_flight: true,
+            } => Err(format!(
                 "process '{process}' is half-open, its one trial update is in flight: {reason}"
             )),
         }
     }
 
     pub(crate) fn set_trial(&mut self, in_flight: bool) {
-        if let BlockState::HalfOpen { trial_in_flight, .. } = &mut self.block {
+        if let BlockState::HalfOpen {
+            trial_in_flight, ..
+        } = &mut self.block
+        {
             *trial_in_flight = in_flight;
         }
     }
@@ -131,7 +165,11 @@ impl EventLog {
             self.events.pop_front();
             self.dropped += 1;
         }
-        self.events.push_back(AuditEvent { process: process.to_string(), kind, message });
+        self.events.push_back(AuditEvent {
+            process: process.to_string(),
+            kind,
+            message,
+        });
     }
 
     pub(crate) fn drain(&mut self) -> Vec<AuditEvent> {

@@ -36,7 +36,10 @@ pub(crate) struct Upd {
 
 impl Upd {
     pub(crate) fn new(process: &str) -> Self {
-        Upd { process: process.into(), ..Upd::default() }
+        Upd {
+            process: process.into(),
+            ..Upd::default()
+        }
     }
 
     pub(crate) fn arg(mut self, name: &str, value: Vec<u8>) -> Self {
@@ -49,8 +52,19 @@ impl Upd {
         self
     }
 
-    pub(crate) fn arr(mut self, name: &str, dtype: &str, shape: &[u64], data: Option<Vec<u8>>) -> Self {
-        self.arrays.push(Arr { name: name.into(), dtype: dtype.into(), shape: shape.to_vec(), data });
+    pub(crate) fn arr(
+        mut self,
+        name: &str,
+        dtype: &str,
+        shape: &[u64],
+        data: Option<Vec<u8>>,
+    ) -> Self {
+        self.arrays.push(Arr {
+            name: name.into(),
+            dtype: dtype.into(),
+            shape: shape.to_vec(),
+            data,
+        });
         self
     }
 
@@ -61,9 +75,19 @@ impl Upd {
         let arrays: Vec<ArrayField<'_>> = self
             .arrays
             .iter()
-            .map(|x| ArrayField { name: &x.name, dtype: &x.dtype, shape: &x.shape, data: x.data.as_deref() })
+            .map(|x| ArrayField {
+                name: &x.name,
+                dtype: &x.dtype,
+                shape: &x.shape,
+                data: x.data.as_deref(),
+            })
             .collect();
-        let input = AuditInput { process: &self.process, args: &args, writes: &writes, arrays: &arrays };
+        let input = AuditInput {
+            process: &self.process,
+            args: &args,
+            writes: &writes,
+            arrays: &arrays,
+        };
         a.check(&input, now_ms)
     }
 }

@@ -7,12 +7,16 @@ use super::*;
 use crate::audit_api::{Failure, Level, Verdict};
 
 fn err_toml(text: &str) -> String {
-    Auditor::from_toml_str(text).expect_err("recipe must be refused").to_string()
+    Auditor::from_toml_str(text)
+        .expect_err("recipe must be refused")
+        .to_string()
 }
 
 /// A one-rule recipe on `field` with the given condition keys.
 fn one(field: &str, conds: &str) -> Auditor {
-    toml(&format!("[process.p]\nrules = [{{ name = \"r\", field = \"{field}\", {conds} }}]\n"))
+    toml(&format!(
+        "[process.p]\nrules = [{{ name = \"r\", field = \"{field}\", {conds} }}]\n"
+    ))
 }
 
 fn passes(a: &mut Auditor, key: &str, value: Vec<u8>) -> bool {
@@ -24,18 +28,33 @@ fn passes(a: &mut Auditor, key: &str, value: Vec<u8>) -> bool {
 #[test]
 fn min_max_compare_numbers_across_encodings() {
     let mut a = one("output.x", "min = 0, max = 100");
-    assert!(passes(&mut a, "x", mp(0)) && passes(&mut a, "x", mp(100u64)) && passes(&mut a, "x", mp(99.5)));
-    assert!(!passes(&mut a, "x", mp(-1)) && !passes(&mut a, "x", mp(100.0001)) && !passes(&mut a, "x", mp(f64::NAN)));
+    assert!(
+        passes(&mut a, "x", mp(0))
+            && passes(&mut a, "x", mp(100u64))
+            && passes(&mut a, "x", mp(99.5))
+    );
+    assert!(
+        !passes(&mut a, "x", mp(-1))
+            && !passes(&mut a, "x", mp(100.0001))
+            && !passes(&mut a, "x", mp(f64::NAN))
+    );
     assert!(!passes(&mut a, "x", mp("50")), "a string is not a number");
     let mut big = one("output.x", "max = 9007199254740992");
-    assert!(!passes(&mut big, "x", mp(9_007_199_254_740_993u64)), "no rounding through f64");
+    assert!(
+        !passes(&mut big, "x", mp(9_007_199_254_740_993u64)),
+        "no rounding through f64"
+    );
     assert!(passes(&mut big, "x", mp(f32::MIN)));
 }
 
 #[test]
 fn min_max_with_string_bounds_compare_strings() {
     let mut a = one("output.x", r#"min = "b", max = "d""#);
-    assert!(passes(&mut a, "x", mp("c")) && !passes(&mut a, "x", mp("a")) && !passes(&mut a, "x", mp("e")));
+    assert!(
+        passes(&mut a, "x", mp("c"))
+            && !passes(&mut a, "x", mp("a"))
+            && !passes(&mut a, "x", mp("e"))
+    );
     assert!(!passes(&mut a, "x", mp(3)));
 }
 
@@ -45,25 +64,51 @@ fn string_eq_is_checked() {
     assert!(passes(&mut a, "status", mp("ok")));
     assert!(!passes(&mut a, "status", mp("OK")));
     assert!(!passes(&mut a, "status", mp("ok ")));
-    assert!(!passes(&mut a, "status", Vec::from(&b"\xc4\x02ok"[..])), "bin is not a string");
+    assert!(
+        !passes(&mut a, "status", Vec::from(&b"\xc4\x02ok"[..])),
+        "bin is not a string"
+    );
     let v = Upd::new("p").out("status", mp("bad")).check(&mut a, 0);
-    assert_eq!(rejected(&v).0, r#"output.status = "bad" != "ok" (failure 1 of 3)"#);
+    assert_eq!(
+        rejected(&v).0,
+        r#"output.status = "bad" != "ok" (failure 1 of 3)"#
+    );
 }
 
 #[test]
 fn eq_and_neq_on_numbers_bools_lists_maps() {
     let mut a = one("output.x", "eq = 1");
-    assert!(passes(&mut a, "x", mp(1.0)) && passes(&mut a, "x", mp(1u8)) && !passes(&mut a, "x", mp(true)));
+    assert!(
+        passes(&mut a, "x", mp(1.0))
+            && passes(&mut a, "x", mp(1u8))
+            && !passes(&mut a, "x", mp(true))
+    );
     let mut a = one("output.x", "eq = true");
     assert!(passes(&mut a, "x", mp(true)) && !passes(&mut a, "x", mp(1)));
     let mut a = one("output.x", "eq = [1, \"a\"]");
-    assert!(passes(&mut a, "x", mp(Value::Array(vec![1.into(), "a".into()]))));
+    assert!(passes(
+        &mut a,
+        "x",
+        mp(Value::Array(vec![1.into(), "a".into()]))
+    ));
     assert!(!passes(&mut a, "x", mp(Value::Array(vec![1.into()]))));
     let mut a = one("output.x", "eq = { k = 2 }");
-    assert!(passes(&mut a, "x", mp(Value::Map(vec![("k".into(), 2.into())]))));
-    assert!(!passes(&mut a, "x", mp(Value::Map(vec![("k".into(), 3.into())]))));
+    assert!(passes(
+        &mut a,
+        "x",
+        mp(Value::Map(vec![("k".into(), 2.into())]))
+    ));
+    assert!(!passes(
+        &mut a,
+        "x",
+        mp(Value::Map(vec![("k".into(), 3.into())]))
+    ));
     let mut a = one("output.x", r#"neq = "stop""#);
-    assert!(passes(&mut a, "x", mp("go")) && passes(&mut a, "x", mp(5)) && !passes(&mut a, "x", mp("stop")));
+    assert!(
+        passes(&mut a, "x", mp("go"))
+            && passes(&mut a, "x", mp(5))
+            && !passes(&mut a, "x", mp("stop"))
+    );
 }
 
 #[test]
@@ -72,9 +117,14 @@ fn nil_condition_in_toml_and_null_literals_in_yaml() {
     assert!(!passes(&mut a, "x", nil()) && passes(&mut a, "x", mp(0)));
     let mut a = one("output.x", "nil = true");
     assert!(passes(&mut a, "x", nil()) && !passes(&mut a, "x", mp("")));
-    let mut y = Auditor::from_yaml_str("process:\n  p:\n    rules:\n      - {field: output.x, neq: null}\n").unwrap();
+    let mut y = Auditor::from_yaml_str(
+        "process:\n  p:\n    rules:\n      - {field: output.x, neq: null}\n",
+    )
+    .unwrap();
     assert!(!passes(&mut y, "x", nil()) && passes(&mut y, "x", mp(false)));
-    let mut y = Auditor::from_yaml_str("process:\n  p:\n    rules:\n      - {field: output.x, eq: null}\n").unwrap();
+    let mut y =
+        Auditor::from_yaml_str("process:\n  p:\n    rules:\n      - {field: output.x, eq: null}\n")
+            .unwrap();
     assert!(passes(&mut y, "x", nil()) && !passes(&mut y, "x", mp(0)));
 }
 
@@ -83,7 +133,11 @@ fn lengths_of_strings_lists_maps_and_bin() {
     let mut a = one("output.x", "min_len = 2, max_len = 3");
     assert!(passes(&mut a, "x", mp("héé")), "characters, not bytes");
     assert!(!passes(&mut a, "x", mp("a")) && !passes(&mut a, "x", mp("abcd")));
-    assert!(passes(&mut a, "x", mp(Value::Array(vec![1.into(), 2.into()]))));
+    assert!(passes(
+        &mut a,
+        "x",
+        mp(Value::Array(vec![1.into(), 2.into()]))
+    ));
     assert!(!passes(&mut a, "x", mp(Value::Map(vec![]))));
     assert!(passes(&mut a, "x", mp(Value::Binary(vec![0; 3]))));
     assert!(!passes(&mut a, "x", mp(7)), "a number has no length");
@@ -95,9 +149,13 @@ fn regex_matches_strings_only() {
     let check = |a: &mut Auditor, v: Vec<u8>| is_pass(&Upd::new("p").arg("email", v).check(a, 0));
     assert!(check(&mut a, mp("a@b")));
     assert!(!check(&mut a, mp("a@b@c")) && !check(&mut a, mp(12)));
-    assert!(check(&mut a, mp(Value::Nil)) == false);
-    let e = err_toml("[process.p]\nrules = [{ name = \"bad\", field = \"input.e\", regex = \"(\" }]");
-    assert!(e.starts_with("<toml>: process 'p', rule 'bad': invalid regex /(/"), "{e}");
+    assert!(!check(&mut a, mp(Value::Nil)));
+    let e =
+        err_toml("[process.p]\nrules = [{ name = \"bad\", field = \"input.e\", regex = \"(\" }]");
+    assert!(
+        e.starts_with("<toml>: process 'p', rule 'bad': invalid regex /(/"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -108,10 +166,16 @@ fn missing_fields_skip_unless_required_and_bad_msgpack_fails_closed() {
     let v = Upd::new("p").check(&mut a, 0);
     assert_eq!(rejected(&v).0, "output.x is missing (failure 1 of 3)");
     let mut a = one("output.x", "required = true");
-    assert!(is_pass(&Upd::new("p").out("x", nil()).check(&mut a, 0)), "presence only");
+    assert!(
+        is_pass(&Upd::new("p").out("x", nil()).check(&mut a, 0)),
+        "presence only"
+    );
     let mut a = one("output.x", "max = 1");
     let v = Upd::new("p").out("x", vec![0xa5, b'a']).check(&mut a, 0);
-    assert!(rejected(&v).0.starts_with("output.x is not valid msgpack"), "{v:?}");
+    assert!(
+        rejected(&v).0.starts_with("output.x is not valid msgpack"),
+        "{v:?}"
+    );
     let v = Upd::new("p").out("x", vec![0x01, 0x02]).check(&mut a, 0);
     assert!(rejected(&v).0.contains("trailing bytes"));
 }
@@ -121,14 +185,25 @@ fn prefixed_names_and_nested_paths() {
     let mut a = one("output.stats.mean", "max = 10");
     let map = |m: i64| mp(Value::Map(vec![("mean".into(), m.into())]));
     assert!(passes(&mut a, "stats", map(3)) && !passes(&mut a, "stats", map(11)));
-    assert!(!passes(&mut a, "output.stats", map(11)), "engine may pass prefixed names");
-    assert!(passes(&mut a, "stats", mp(4)), "no such nested key: not applicable");
+    assert!(
+        !passes(&mut a, "output.stats", map(11)),
+        "engine may pass prefixed names"
+    );
+    assert!(
+        passes(&mut a, "stats", mp(4)),
+        "no such nested key: not applicable"
+    );
 }
 
 #[test]
 fn custom_message_is_kept() {
-    let mut a = one("output.x", r#"max = 1, message = "Danger! Overflow.", level = "C""#);
-    let Verdict::Pass { notes } = Upd::new("p").out("x", mp(2)).check(&mut a, 0) else { panic!() };
+    let mut a = one(
+        "output.x",
+        r#"max = 1, message = "Danger! Overflow.", level = "C""#,
+    );
+    let Verdict::Pass { notes } = Upd::new("p").out("x", mp(2)).check(&mut a, 0) else {
+        panic!()
+    };
     assert_eq!(notes[0].message, "Danger! Overflow. (output.x = 2 > max 1)");
 }
 
@@ -152,17 +227,27 @@ rules = [{ name = "n", field = "output.n", min = 10 }]
 fn inherits_takes_rules_and_settings_and_overrides_by_name() {
     let mut a = toml(INHERIT);
     let v = Upd::new("stats").out("mean", mp(101)).check(&mut a, 0);
-    assert_eq!(rejected(&v).0, "output.mean = 101 > max 100 (failure 1 of 5)", "level B and max 5 from stats");
+    assert_eq!(
+        rejected(&v).0,
+        "output.mean = 101 > max 100 (failure 1 of 5)",
+        "level B and max 5 from stats"
+    );
     let v = Upd::new("stats").out("n", mp(5)).check(&mut a, 0);
-    assert!(rejected(&v).0.contains("< min 10"), "the child's rule 'n' replaced the parent's");
-    let Verdict::Pass { notes } = Upd::new("base").out("mean", mp(101)).check(&mut a, 0) else { panic!() };
+    assert!(
+        rejected(&v).0.contains("< min 10"),
+        "the child's rule 'n' replaced the parent's"
+    );
+    let Verdict::Pass { notes } = Upd::new("base").out("mean", mp(101)).check(&mut a, 0) else {
+        panic!()
+    };
     assert_eq!(notes[0].level, Level::C);
     assert_eq!(a.processes(), vec!["base".to_string(), "stats".to_string()]);
 }
 
 #[test]
 fn inherits_chains_and_lists() {
-    let mut a = toml(r#"
+    let mut a = toml(
+        r#"
 [process.a]
 cooldown_ms = 7
 rules = [{ field = "output.a", max = 0 }]
@@ -171,11 +256,22 @@ inherits = "a"
 rules = [{ field = "output.b", max = 0 }]
 [process.c]
 inherits = ["b"]
-"#);
+"#,
+    );
     assert!(!is_pass(&Upd::new("c").out("a", mp(1)).check(&mut a, 0)));
     assert!(!is_pass(&Upd::new("c").out("b", mp(1)).check(&mut a, 0)));
     a.failure("c", Failure::Timeout, 10);
-    assert!(matches!(a.block_state("c"), BlockState::Blocked { until_ms: Some(17), .. }), "{:?}", a.block_state("c"));
+    assert!(
+        matches!(
+            a.block_state("c"),
+            BlockState::Blocked {
+                until_ms: Some(17),
+                ..
+            }
+        ),
+        "{:?}",
+        a.block_state("c")
+    );
 }
 
 #[test]
@@ -185,7 +281,10 @@ fn inherits_cycles_and_unknown_parents_are_errors() {
     let e = err_toml("[process.a]\ninherits = \"a\"\n");
     assert_eq!(e, "<toml>: process 'a': inherits cycle: a -> a");
     let e = err_toml("[process.a]\ninherits = \"nope\"\n");
-    assert_eq!(e, "<toml>: process 'a' inherits unknown process recipe 'nope'");
+    assert_eq!(
+        e,
+        "<toml>: process 'a' inherits unknown process recipe 'nope'"
+    );
 }
 
 #[test]
@@ -215,9 +314,14 @@ fn bad_recipes_are_refused_with_clear_messages() {
     ];
     for (text, want) in cases {
         let got = err_toml(text);
-        assert!(got.starts_with(want), "recipe {text:?}\n got: {got}\nwant: {want}");
+        assert!(
+            got.starts_with(want),
+            "recipe {text:?}\n got: {got}\nwant: {want}"
+        );
     }
-    let e = Auditor::from_yaml_str("process: [1, 2").unwrap_err().to_string();
+    let e = Auditor::from_yaml_str("process: [1, 2")
+        .unwrap_err()
+        .to_string();
     assert!(e.starts_with("<yaml>: YAML syntax error:"), "{e}");
 }
 
@@ -253,15 +357,33 @@ process_recipes:
 #[test]
 fn theus_yaml_is_accepted() {
     let mut a = Auditor::from_yaml_str(THEUS).unwrap();
-    let v = Upd::new("add_product").arg("price", mp(-5)).check(&mut a, 0);
+    let v = Upd::new("add_product")
+        .arg("price", mp(-5))
+        .check(&mut a, 0);
     assert!(rejected(&v).1.is_some(), "max_threshold 1: blocks at once");
-    let v = Upd::new("add_product").out("domain.total_value", mp(2_000_000_000i64)).check(&mut a, 0);
-    let Verdict::Stop { finding } = v else { panic!("{v:?}") };
-    assert_eq!(finding.message, "Danger! Overflow. (output.domain.total_value = 2000000000 > max 1000000000)");
-    let v = Upd::new("restock").out("domain.total_value", mp(-1)).check(&mut a, 0);
-    let Verdict::Pass { notes } = v else { panic!("{v:?}") };
-    assert_eq!((notes[0].rule.as_str(), notes[0].level), ("domain.total_value#2", Level::C));
-    let v = Upd::new("restock").arr("stock", "<f8", &[1], Some(f64::NAN.to_le_bytes().to_vec())).check(&mut a, 0);
+    let v = Upd::new("add_product")
+        .out("domain.total_value", mp(2_000_000_000i64))
+        .check(&mut a, 0);
+    let Verdict::Stop { finding } = v else {
+        panic!("{v:?}")
+    };
+    assert_eq!(
+        finding.message,
+        "Danger! Overflow. (output.domain.total_value = 2000000000 > max 1000000000)"
+    );
+    let v = Upd::new("restock")
+        .out("domain.total_value", mp(-1))
+        .check(&mut a, 0);
+    let Verdict::Pass { notes } = v else {
+        panic!("{v:?}")
+    };
+    assert_eq!(
+        (notes[0].rule.as_str(), notes[0].level),
+        ("domain.total_value#2", Level::C)
+    );
+    let v = Upd::new("restock")
+        .arr("stock", "<f8", &[1], Some(f64::NAN.to_le_bytes().to_vec()))
+        .check(&mut a, 0);
     assert_eq!(rejected(&v).0, "heavy.stock contains NaN (failure 1 of 2)");
 }
 
@@ -271,7 +393,10 @@ fn toml_and_yaml_in_the_native_schema_agree() {
     let toml_text = "[defaults]\nmax_threshold = 4\n[process.p]\nrules = [{ name = \"r\", field = \"output.x\", eq = \"ok\" }]\n";
     for mut a in [Auditor::from_yaml_str(yaml).unwrap(), toml(toml_text)] {
         let v = Upd::new("p").out("x", mp("no")).check(&mut a, 0);
-        assert_eq!(rejected(&v).0, r#"output.x = "no" != "ok" (failure 1 of 4)"#);
+        assert_eq!(
+            rejected(&v).0,
+            r#"output.x = "no" != "ok" (failure 1 of 4)"#
+        );
     }
 }
 
@@ -279,17 +404,35 @@ fn toml_and_yaml_in_the_native_schema_agree() {
 fn from_file_picks_the_format_by_extension() {
     let dir = tempfile::tempdir().unwrap();
     let t = dir.path().join("audit.toml");
-    std::fs::write(&t, "[process.p]\nrules = [{ field = \"output.x\", max = 0 }]\n").unwrap();
-    assert_eq!(Auditor::from_file(&t).unwrap().processes(), vec!["p".to_string()]);
+    std::fs::write(
+        &t,
+        "[process.p]\nrules = [{ field = \"output.x\", max = 0 }]\n",
+    )
+    .unwrap();
+    assert_eq!(
+        Auditor::from_file(&t).unwrap().processes(),
+        vec!["p".to_string()]
+    );
     let y = dir.path().join("audit.yml");
     std::fs::write(&y, THEUS).unwrap();
     assert_eq!(Auditor::from_file(&y).unwrap().processes().len(), 2);
     let bad = dir.path().join("bad.toml");
     std::fs::write(&bad, "[process.p]\ninherits = 1\n").unwrap();
     let e = Auditor::from_file(&bad).unwrap_err().to_string();
-    assert!(e.starts_with(&format!("{}: process 'p': 'inherits' must be", bad.display())), "{e}");
-    let e = Auditor::from_file(&dir.path().join("missing.toml")).unwrap_err().to_string();
+    assert!(
+        e.starts_with(&format!(
+            "{}: process 'p': 'inherits' must be",
+            bad.display()
+        )),
+        "{e}"
+    );
+    let e = Auditor::from_file(&dir.path().join("missing.toml"))
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("missing.toml: cannot read audit recipe"), "{e}");
     let e = Auditor::from_file(&dir.path().join("x.json")).unwrap_err();
-    assert!(matches!(e, AuditError::Io { .. } | AuditError::Format { .. }));
+    assert!(matches!(
+        e,
+        AuditError::Io { .. } | AuditError::Format { .. }
+    ));
 }

@@ -86,25 +86,61 @@ fn large_arrays_split_across_threads_agree_with_one_thread() {
 
 #[test]
 fn f32_and_integer_kernels() {
-    let f: Vec<u8> = [1.5f32, -2.0, f32::INFINITY].iter().flat_map(|v| v.to_le_bytes()).collect();
+    let f: Vec<u8> = [1.5f32, -2.0, f32::INFINITY]
+        .iter()
+        .flat_map(|v| v.to_le_bytes())
+        .collect();
     let s = scan_f32(&f);
     assert!(!s.finite && !s.has_nan && s.min == -2.0 && s.max == f64::INFINITY);
-    let i: Vec<u8> = [5i64, i64::MIN, 7].iter().flat_map(|v| v.to_le_bytes()).collect();
-    assert_eq!(scan_i64(&i), IntStats { min: i64::MIN.into(), max: 7, count: 3 });
+    let i: Vec<u8> = [5i64, i64::MIN, 7]
+        .iter()
+        .flat_map(|v| v.to_le_bytes())
+        .collect();
+    assert_eq!(
+        scan_i64(&i),
+        IntStats {
+            min: i64::MIN.into(),
+            max: 7,
+            count: 3
+        }
+    );
     let i: Vec<u8> = (-40i32..40).flat_map(|v| v.to_le_bytes()).collect();
-    assert_eq!(scan_i32(&i), IntStats { min: -40, max: 39, count: 80 });
-    assert_eq!(scan_u8(&[3, 250, 0, 9]), IntStats { min: 0, max: 250, count: 4 });
+    assert_eq!(
+        scan_i32(&i),
+        IntStats {
+            min: -40,
+            max: 39,
+            count: 80
+        }
+    );
+    assert_eq!(
+        scan_u8(&[3, 250, 0, 9]),
+        IntStats {
+            min: 0,
+            max: 250,
+            count: 4
+        }
+    );
     assert_eq!(scan_u8(&[]).count, 0);
     let u: Vec<u8> = [u64::MAX, 1].iter().flat_map(|v| v.to_be_bytes()).collect();
     let dt = DType::parse(">u8").unwrap();
-    assert_eq!(scan(dt, &u), Some(Stats::Int(IntStats { min: 1, max: u64::MAX.into(), count: 2 })));
+    assert_eq!(
+        scan(dt, &u),
+        Some(Stats::Int(IntStats {
+            min: 1,
+            max: u64::MAX.into(),
+            count: 2
+        }))
+    );
     let half = DType::parse("<f2").unwrap();
     assert_eq!(scan(half, &[0, 0]), None);
 }
 
 #[test]
 fn crc32_parallel_equals_serial() {
-    let bytes: Vec<u8> = (0..PAR_MIN_BYTES * 2 + 77).map(|i| (i * 31 % 251) as u8).collect();
+    let bytes: Vec<u8> = (0..PAR_MIN_BYTES * 2 + 77)
+        .map(|i| (i * 31 % 251) as u8)
+        .collect();
     let mut h = crc32fast::Hasher::new();
     h.update(&bytes);
     assert_eq!(crc32(&bytes), h.finalize());
