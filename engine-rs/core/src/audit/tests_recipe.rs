@@ -436,3 +436,41 @@ fn from_file_picks_the_format_by_extension() {
         AuditError::Io { .. } | AuditError::Format { .. }
     ));
 }
+
+/// The TOML and YAML examples of docs/AUDIT.md load (skipped where the docs are not shipped).
+#[test]
+fn examples_in_the_docs_load() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/AUDIT.md");
+    let Ok(doc) = std::fs::read_to_string(&path) else {
+        return;
+    };
+    let mut loaded = 0;
+    for (fence, load) in [
+        (
+            "```toml\n",
+            Auditor::from_toml_str as fn(&str) -> Result<Auditor, AuditError>,
+        ),
+        ("```yaml\n", Auditor::from_yaml_str),
+    ] {
+        for block in doc.split(fence).skip(1) {
+            let text = block.split("```").next().unwrap();
+            load(text).unwrap_or_else(|e| panic!("docs example does not load: {e}\n{text}"));
+            loaded += 1;
+        }
+    }
+    assert!(loaded >= 2);
+    let mut a = toml(
+        doc.split("```toml\n")
+            .nth(1)
+            .unwrap()
+            .split("```")
+            .next()
+            .unwrap(),
+    );
+    let v = Upd::new("stats").arg("user", mp("X")).check(&mut a, 0);
+    assert_eq!(
+        rejected(&v).0,
+        "bad user name (input.user = \"X\" does not match /^[a-z][a-z0-9_]{2,31}$/)"
+    );
+    assert!(rejected(&v).1.is_some(), "level A blocks");
+}
