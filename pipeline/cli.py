@@ -16,14 +16,15 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from pipeline.config import Endpoints, SinkConfig, WorkerConfig
+from pipeline import config
+from pipeline.errors import ConfigError
 from pipeline.runner import READY_LINE
 
 log = logging.getLogger("pipeline")
 
 # Modules that add sub-commands: each defines `register(subparsers)` and keeps its own
 # imports lazy (the worker path must never import the Rust extension).
-COMMAND_MODULES: list[str] = []
+COMMAND_MODULES: list[str] = ["pipeline.cli_ops"]
 
 
 def setup_logging(level: str = "INFO", json_format: bool = False) -> None:
@@ -60,62 +61,42 @@ def announce_ready() -> None:
 
 
 def _endpoint_args(p: argparse.ArgumentParser) -> None:
+    """Endpoint flags; like every setting flag, dest is "section.key" and None means unset."""
     g = p.add_argument_group("endpoints (default: ipc:// under --run-dir)")
-    g.add_argument("--run-dir", default=os.environ.get("PIPELINE_RUN_DIR", ".pipeline"))
-    for name in ("frontend", "backend", "control", "updates", "events", "sync"):
-        g.add_argument(f"--{name}", default=None)
+    g.add_argument("--run-dir", dest="endpoints.run_dir")
+    for name in config.ENDPOINT_NAMES:
+        g.add_argument(f"--{name}", dest=f"endpoints.{name}")
+    p.add_argument("--config", default=argparse.SUPPRESS, metavar="FILE",
+                   help="pipeline.toml (also accepted before the command)")
 
 
-def endpoints_from(args: argparse.Namespace) -> Endpoints:
-    base = Endpoints.embedded(args.run_dir) if any(
-        getattr(args, n) is None for n in ("frontend", "backend", "control", "updates",
-                                           "events", "sync")) else None
-    pick = {n: getattr(args, n) or getattr(base, n)
-            for n in ("frontend", "backend", "control", "updates", "events", "sync")}
-    return Endpoints(**pick)
+def settings_from(args: argparse.Namespace) -> config.Settings:
+    """Defaults < --config FILE < PIPELINE_<SECTION>_<KEY> < flags."""
+    flags = {k: v for k, v in vars(args).items() if "." in k}
+    return config.load(args.config, os.environ, flags)
 
 
 # -- roles -------------------------------------------------------------------------------------
 def cmd_broker(args: argparse.Namespace) -> int:
-    from brokers.broker import serve
-    from brokers.config import BrokerConfig
-    ep = endpoints_from(args)
-    config = BrokerConfig(frontend=ep.frontend, backend=ep.backend, control=ep.control,
-                          heartbeat_interval_ms=args.heartbeat_ms)
-    return serve(config, ready=announce_ready, stop=stop_on_signals())
+    from pipeline.roles import serve_broker
+    return serve_broker(args.settings, announce_ready, stop_on_signals())
 
 
 def cmd_sink(args: argparse.Namespace) -> int:
-    from pipeline.sink import Sink
-    config = SinkConfig(endpoints=endpoints_from(args), app=args.app, journal_dir=args.journal,
-                        fsync=args.fsync, strict=args.strict, recipes=args.recipes,
-                        namespace=args.namespace)
-    stop = stop_on_signals()
-    sink = Sink(config)
-    try:
-        return sink.run(ready=announce_ready, stop=stop)
-    finally:
-        sink.close()
+    from pipeline.roles import serve_sink
+    return serve_sink(args.settings, announce_ready, stop_on_signals())
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from pipeline.worker import Worker
-    kwargs: dict[str, Any] = {"name": args.name} if args.name else {}
-    config = WorkerConfig(endpoints=endpoints_from(args), app=args.app, credit=args.credit,
-                          namespace=args.namespace, heartbeat_interval_ms=args.heartbeat_ms,
-                          **kwargs)
-    stop = stop_on_signals()
-    worker = Worker(config)
-    try:
-        return worker.run(ready=announce_ready, stop=stop)
-    finally:
-        worker.close()
+    from pipeline.roles import serve_worker
+    return serve_worker(args.settings, announce_ready, stop_on_signals())
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     from pipeline.runner import Cluster
+    env = {"PIPELINE_CONFIG": str(args.config)} if args.config else {}
     cluster = Cluster(app=args.app, workers=args.workers, recipes=args.recipes,
-                      journal_dir=args.journal, fsync=args.fsync)
+                      journal_dir=args.journal, fsync=args.fsync, env=env)
     stop = stop_on_signals()
     cluster.start()
     ep = cluster.endpoints
@@ -139,8 +120,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
 # -- parser ------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pipeline", description=__doc__.splitlines()[0])
-    parser.add_argument("--log-level", default=os.environ.get("PIPELINE_LOG_LEVEL", "WARNING"))
-    parser.add_argument("--log-json", action="store_true")
+    parser.add_argument("--config", default=None, metavar="FILE",
+                        help="pipeline.toml for every role (default: $PIPELINE_CONFIG)")
+    parser.add_argument("--log-level", dest="log.level")
+    parser.add_argument("--log-json", dest="log.json", action="store_true", default=None)
     sub = parser.add_subparsers(dest="command", required=True)
     _add_roles(sub)
     _add_embedded(sub)
@@ -150,28 +133,33 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_roles(sub: Any) -> None:
+    # Setting flags default to None (unset): the file and the environment fill the rest.
     p = sub.add_parser("broker", help="run the broker")
     _endpoint_args(p)
-    p.add_argument("--heartbeat-ms", type=int, default=1000)
+    p.add_argument("--heartbeat-ms", type=int, dest="broker.heartbeat_interval_ms")
+    p.add_argument("--metrics-port", type=int, dest="metrics.broker_port", help="0: off")
     p.set_defaults(func=cmd_broker)
 
     p = sub.add_parser("sink", help="run the sink supervisor (the only writer of the state)")
     _endpoint_args(p)
-    p.add_argument("--app", required=True, help="module declaring the processes")
-    p.add_argument("--journal", default="journal", help="journal directory")
-    p.add_argument("--fsync", choices=["always", "interval", "never"], default="interval")
-    p.add_argument("--strict", action="store_true", help="strict compare-and-swap mode")
-    p.add_argument("--recipes", default=None, help="audit recipe file (TOML or YAML)")
-    p.add_argument("--namespace", default="default", help="heavy-zone namespace")
+    p.add_argument("--app", dest="sink.app", help="module declaring the processes")
+    p.add_argument("--journal", dest="sink.journal_dir", help="journal directory")
+    p.add_argument("--fsync", choices=["always", "interval", "never"], dest="sink.fsync")
+    p.add_argument("--strict", action="store_true", default=None, dest="sink.strict",
+                   help="strict compare-and-swap mode")
+    p.add_argument("--recipes", dest="sink.recipes", help="audit recipe file (TOML or YAML)")
+    p.add_argument("--namespace", dest="heavy.namespace", help="heavy-zone namespace")
+    p.add_argument("--metrics-port", type=int, dest="metrics.sink_port", help="0: off")
     p.set_defaults(func=cmd_sink)
 
     p = sub.add_parser("worker", help="run one worker")
     _endpoint_args(p)
-    p.add_argument("--app", required=True, help="module declaring the processes")
-    p.add_argument("--credit", type=int, default=64, help="tasks this worker may hold")
-    p.add_argument("--name", default=None)
-    p.add_argument("--namespace", default="default", help="heavy-zone namespace")
-    p.add_argument("--heartbeat-ms", type=int, default=1000)
+    p.add_argument("--app", dest="worker.app", help="module declaring the processes")
+    p.add_argument("--credit", type=int, dest="worker.credit", help="tasks it may hold")
+    p.add_argument("--name", dest="worker.name")
+    p.add_argument("--namespace", dest="heavy.namespace", help="heavy-zone namespace")
+    p.add_argument("--heartbeat-ms", type=int, dest="worker.heartbeat_interval_ms")
+    p.add_argument("--metrics-port", type=int, dest="metrics.worker_port", help="0: off")
     p.set_defaults(func=cmd_worker)
 
 
@@ -192,6 +180,11 @@ def _add_embedded(sub: Any) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    setup_logging(args.log_level.upper(), args.log_json)
-    func: Callable[[argparse.Namespace], int] = args.func
-    return func(args)
+    try:
+        args.settings = settings_from(args)
+        setup_logging(args.settings.get("log", "level").upper(), args.settings.get("log", "json"))
+        func: Callable[[argparse.Namespace], int] = args.func
+        return func(args)
+    except ConfigError as exc:
+        print(f"pipeline: configuration error: {exc}", file=sys.stderr)
+        return 2
