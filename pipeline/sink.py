@@ -15,6 +15,7 @@ all without the GIL). The commits are published, then the decisions go to the br
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -212,5 +213,15 @@ class Sink:
         return {
             "role": "sink", "version": self.engine.version, "blocked": self.engine.blocked(),
             "counters": dict(self.counters), "malformed": dict(self.malformed),
-            "time": time.time(),
+            "time": time.time(), "journal_bytes": _dir_bytes(self.config.journal_dir),
         }
+
+
+def _dir_bytes(path: str) -> int:
+    """Bytes in the files of a directory (the journal's size on disk)."""
+    total = 0
+    with os.scandir(path) as entries:
+        for entry in entries:
+            if entry.is_file(follow_symlinks=False):
+                total += entry.stat(follow_symlinks=False).st_size
+    return total
