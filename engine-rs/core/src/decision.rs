@@ -27,7 +27,7 @@ impl Status {
         }
     }
 
-    fn parse(s: &str) -> DecodeResult<Status> {
+    pub(crate) fn parse(s: &str) -> DecodeResult<Status> {
         Ok(match s {
             "committed" => Status::Committed,
             "rejected" => Status::Rejected,
@@ -45,7 +45,7 @@ impl Status {
     }
 }
 
-fn parse_level(s: &str) -> DecodeResult<Level> {
+pub(crate) fn parse_level(s: &str) -> DecodeResult<Level> {
     Ok(match s {
         "S" => Level::S,
         "A" => Level::A,
@@ -89,11 +89,23 @@ impl Decision {
         }
     }
 
-    /// The answer to a repeated task: the original decision's fields, status "duplicate".
-    pub fn as_duplicate(&self) -> Decision {
-        Decision {
-            status: Status::Duplicate,
-            ..self.clone()
+    /// What the de-duplication table keeps of a final decision.
+    pub fn to_final(&self) -> Final {
+        let plain = self.reason.is_empty() && self.rule.is_none() && self.level.is_none();
+        let detail = (!plain || self.error.is_some()).then(|| {
+            Box::new(Detail {
+                reason: self.reason.clone(),
+                rule: self.rule.clone(),
+                level: self.level,
+                error: self.error.clone(),
+            })
+        });
+        Final {
+            process: self.process.clone(),
+            attempt: self.attempt,
+            version: self.version,
+            blocked: self.blocked,
+            detail,
         }
     }
 
@@ -124,7 +136,7 @@ impl Decision {
         put::bool(buf, self.blocked);
     }
 
-    fn encode_error(&self, buf: &mut Vec<u8>) {
+    pub(crate) fn encode_error(&self, buf: &mut Vec<u8>) {
         let Some(e) = &self.error else {
             return put::nil(buf);
         };
@@ -161,14 +173,45 @@ impl Decision {
     }
 }
 
-fn opt_str<'a>(r: &mut Reader<'a>) -> DecodeResult<Option<&'a str>> {
+/// A final decision as remembered for de-duplication (small: most commits have no detail).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Final {
+    pub process: Arc<str>,
+    pub attempt: u64,
+    pub version: u64,
+    pub blocked: bool,
+    pub detail: Option<Box<Detail>>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Detail {
+    pub reason: String,
+    pub rule: Option<String>,
+    pub level: Option<Level>,
+    pub error: Option<Box<ErrorInfo>>,
+}
+
+impl Final {
+    /// The answer to a repeated task: the original decision's fields, status "duplicate".
+    pub fn duplicate(&self, task: Arc<str>) -> Decision {
+        let mut d = Decision::new(task, self.process.clone(), self.attempt, Status::Duplicate);
+        (d.version, d.blocked) = (self.version, self.blocked);
+        if let Some(x) = &self.detail {
+            (d.reason, d.rule, d.level, d.error) =
+                (x.reason.clone(), x.rule.clone(), x.level, x.error.clone());
+        }
+        d
+    }
+}
+
+pub(crate) fn opt_str<'a>(r: &mut Reader<'a>) -> DecodeResult<Option<&'a str>> {
     if r.try_nil()? {
         return Ok(None);
     }
     r.str().map(Some)
 }
 
-fn decode_error(r: &mut Reader<'_>) -> DecodeResult<Option<Box<ErrorInfo>>> {
+pub(crate) fn decode_error(r: &mut Reader<'_>) -> DecodeResult<Option<Box<ErrorInfo>>> {
     if r.try_nil()? {
         return Ok(None);
     }

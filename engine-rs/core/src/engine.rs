@@ -1,13 +1,14 @@
 //! The decision pipeline: dedup -> admit -> error -> contract -> audit -> CAS -> commit,
 //! with one group commit to the journal per batch.
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use crate::audit_api::{ArrayField, Audit, AuditInput, Failure, Finding, Verdict};
+use crate::audit_api::{ArrayField, Audit, AuditInput, Failure, Finding, Level, Verdict};
 use crate::decision::{Decision, Status};
 use crate::error::{EngineError, Result};
+use crate::fxhash::{FxMap, FxSet};
 use crate::journal::{Fsync, Journal};
 use crate::msgpack::put;
 use crate::store::Store;
@@ -23,8 +24,8 @@ pub struct Config {
 
 struct Contract {
     name: Arc<str>,
-    inputs: HashSet<Box<str>>,
-    outputs: HashSet<Box<str>>,
+    inputs: FxSet<Box<str>>,
+    outputs: FxSet<Box<str>>,
 }
 
 /// The outcome of one batch.
@@ -52,7 +53,7 @@ impl BatchOut {
 pub struct Engine {
     store: Store,
     journal: Journal,
-    contracts: HashMap<Box<str>, Contract>,
+    contracts: FxMap<Box<str>, Contract>,
     audit: Box<dyn Audit>,
     strict: bool,
     stopped: Option<String>,
@@ -91,7 +92,7 @@ impl Engine {
         Ok(Engine {
             store,
             journal,
-            contracts: HashMap::new(),
+            contracts: FxMap::default(),
             audit,
             strict: config.strict,
             stopped: None,
@@ -231,8 +232,8 @@ impl Engine {
         now: (u64, u64),
         out: &mut BatchOut,
     ) -> Decision {
-        if let Some(original) = self.store.dedup.get(u.task) {
-            return original.as_duplicate();
+        if let Some(dup) = self.store.duplicate(u.task) {
+            return dup;
         }
         let process = match self.contracts.get(u.process) {
             Some(c) => c.name.clone(),
@@ -434,14 +435,15 @@ impl Engine {
             return;
         }
         self.journal.append(|b| {
-            put::map_len(b, 4);
-            put::str(b, "d");
-            d.encode(b);
-            put::str(b, "ts");
+            put::array_len(b, 10);
             put::uint(b, ts_us);
-            put::str(b, "u");
-            b.extend_from_slice(u.raw);
-            put::str(b, "notes");
+            put::str(b, d.status.as_str());
+            put::uint(b, d.version);
+            put::str(b, &d.reason);
+            put::opt_str(b, d.rule.as_deref());
+            put::opt_str(b, d.level.map(Level::as_str));
+            d.encode_error(b);
+            put::bool(b, d.blocked);
             put::array_len(b, notes.len());
             for n in notes {
                 put::array_len(b, 3);
@@ -449,8 +451,9 @@ impl Engine {
                 put::str(b, n.level.as_str());
                 put::str(b, &n.message);
             }
+            b.extend_from_slice(u.raw);
         });
-        self.store.dedup.insert(d.task.clone(), d.clone());
+        self.store.dedup.insert(d.task.clone(), d.to_final());
     }
 }
 

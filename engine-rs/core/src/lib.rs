@@ -4,6 +4,7 @@ pub mod audit_api;
 pub mod decision;
 pub mod engine;
 pub mod error;
+pub mod fxhash;
 pub mod journal;
 pub mod msgpack;
 pub mod store;
@@ -16,12 +17,12 @@ pub use journal::{verify, Fsync};
 
 use std::path::Path;
 
-/// Build the auditor for `Engine`: no recipe, no audit. When `audit::Auditor` lands, the
-/// `Some` arm becomes `audit::Auditor::from_file(path)` boxed, with its error mapped to
-/// `EngineError::Recipe`.
+/// Build the auditor for `Engine`: none without recipes, else the recipes' `audit::Auditor`.
 pub fn make_audit(recipes: Option<&Path>) -> Result<Box<dyn audit_api::Audit>> {
     match recipes {
         None => Ok(Box::new(audit_api::NoAudit)),
-        Some(_path) => Ok(Box::new(audit_api::NoAudit)),
+        Some(path) => audit::Auditor::from_file(path)
+            .map(|a| Box::new(a) as Box<dyn audit_api::Audit>)
+            .map_err(|e| EngineError::Recipe(e.to_string())),
     }
 }

@@ -14,14 +14,17 @@ pub struct Reader<'a> {
 }
 
 impl<'a> Reader<'a> {
+    #[inline]
     pub fn new(buf: &'a [u8]) -> Self {
         Reader { buf, pos: 0 }
     }
 
+    #[inline]
     pub fn is_empty(&self) -> bool {
         self.pos >= self.buf.len()
     }
 
+    #[inline]
     fn take(&mut self, n: usize) -> DecodeResult<&'a [u8]> {
         let end = self.pos.checked_add(n).ok_or("truncated")?;
         let out = self.buf.get(self.pos..end).ok_or("truncated")?;
@@ -29,6 +32,7 @@ impl<'a> Reader<'a> {
         Ok(out)
     }
 
+    #[inline]
     fn be(&mut self, n: usize) -> DecodeResult<u64> {
         Ok(self
             .take(n)?
@@ -36,10 +40,12 @@ impl<'a> Reader<'a> {
             .fold(0u64, |acc, b| (acc << 8) | u64::from(*b)))
     }
 
+    #[inline]
     fn marker(&mut self) -> DecodeResult<Marker> {
         Ok(Marker::from_u8(self.take(1)?[0]))
     }
 
+    #[inline]
     fn peek(&self) -> DecodeResult<Marker> {
         self.buf
             .get(self.pos)
@@ -48,6 +54,7 @@ impl<'a> Reader<'a> {
     }
 
     /// Consume a nil if one is next; true if it was.
+    #[inline]
     pub fn try_nil(&mut self) -> DecodeResult<bool> {
         let nil = self.peek()? == Marker::Null;
         if nil {
@@ -56,6 +63,7 @@ impl<'a> Reader<'a> {
         Ok(nil)
     }
 
+    #[inline]
     pub fn map_len(&mut self) -> DecodeResult<usize> {
         let n = match self.marker()? {
             Marker::FixMap(n) => u64::from(n),
@@ -66,6 +74,7 @@ impl<'a> Reader<'a> {
         Ok(n as usize)
     }
 
+    #[inline]
     pub fn array_len(&mut self) -> DecodeResult<usize> {
         let n = match self.marker()? {
             Marker::FixArray(n) => u64::from(n),
@@ -76,6 +85,7 @@ impl<'a> Reader<'a> {
         Ok(n as usize)
     }
 
+    #[inline]
     pub fn str(&mut self) -> DecodeResult<&'a str> {
         let n = match self.marker()? {
             Marker::FixStr(n) => u64::from(n),
@@ -87,6 +97,7 @@ impl<'a> Reader<'a> {
         std::str::from_utf8(self.take(n as usize)?).map_err(|_| "invalid utf-8")
     }
 
+    #[inline]
     pub fn bin(&mut self) -> DecodeResult<&'a [u8]> {
         let n = match self.marker()? {
             Marker::Bin8 => self.be(1)?,
@@ -97,6 +108,7 @@ impl<'a> Reader<'a> {
         self.take(n as usize)
     }
 
+    #[inline]
     pub fn bool(&mut self) -> DecodeResult<bool> {
         match self.marker()? {
             Marker::True => Ok(true),
@@ -106,6 +118,7 @@ impl<'a> Reader<'a> {
     }
 
     /// A non-negative integer in any msgpack integer encoding.
+    #[inline]
     pub fn uint(&mut self) -> DecodeResult<u64> {
         let signed = |v: i64| u64::try_from(v).map_err(|_| "negative int");
         match self.marker()? {
@@ -124,6 +137,7 @@ impl<'a> Reader<'a> {
     }
 
     /// Skip one value (iteratively: hostile nesting cannot overflow the stack).
+    #[inline]
     pub fn skip(&mut self) -> DecodeResult<()> {
         let mut pending: u64 = 1;
         while pending > 0 {
@@ -134,6 +148,7 @@ impl<'a> Reader<'a> {
     }
 
     /// The exact bytes of the next value.
+    #[inline]
     pub fn raw(&mut self) -> DecodeResult<&'a [u8]> {
         let start = self.pos;
         self.skip()?;
@@ -142,6 +157,7 @@ impl<'a> Reader<'a> {
 
     /// Consume one value's head (and its payload if scalar); returns how many child values
     /// follow it.
+    #[inline]
     fn skip_head(&mut self) -> DecodeResult<u64> {
         let sized = |r: &mut Self, len_bytes: usize| -> DecodeResult<u64> {
             let n = r.be(len_bytes)? as usize;
@@ -177,6 +193,7 @@ impl<'a> Reader<'a> {
         }
     }
 
+    #[inline]
     fn ext(&mut self, len_bytes: usize) -> DecodeResult<u64> {
         let n = self.be(len_bytes)? as usize;
         self.take(n.checked_add(1).ok_or("truncated")?).map(|_| 0)
@@ -187,6 +204,7 @@ impl<'a> Reader<'a> {
 pub mod put {
     use rmp::Marker;
 
+    #[inline]
     fn sized(buf: &mut Vec<u8>, n: usize, m8: Option<Marker>, m16: Marker, m32: Marker) {
         match n {
             0..=0xff if m8.is_some() => {
@@ -203,6 +221,7 @@ pub mod put {
         }
     }
 
+    #[inline]
     pub fn map_len(buf: &mut Vec<u8>, n: usize) {
         if n < 16 {
             buf.push(Marker::FixMap(n as u8).to_u8());
@@ -211,6 +230,7 @@ pub mod put {
         }
     }
 
+    #[inline]
     pub fn array_len(buf: &mut Vec<u8>, n: usize) {
         if n < 16 {
             buf.push(Marker::FixArray(n as u8).to_u8());
@@ -219,6 +239,7 @@ pub mod put {
         }
     }
 
+    #[inline]
     pub fn str(buf: &mut Vec<u8>, s: &str) {
         if s.len() < 32 {
             buf.push(Marker::FixStr(s.len() as u8).to_u8());
@@ -234,6 +255,7 @@ pub mod put {
         buf.extend_from_slice(s.as_bytes());
     }
 
+    #[inline]
     pub fn bin(buf: &mut Vec<u8>, b: &[u8]) {
         sized(
             buf,
@@ -245,6 +267,7 @@ pub mod put {
         buf.extend_from_slice(b);
     }
 
+    #[inline]
     pub fn uint(buf: &mut Vec<u8>, v: u64) {
         match v {
             0..=0x7f => buf.push(v as u8),
@@ -264,14 +287,17 @@ pub mod put {
         }
     }
 
+    #[inline]
     pub fn nil(buf: &mut Vec<u8>) {
         buf.push(Marker::Null.to_u8());
     }
 
+    #[inline]
     pub fn bool(buf: &mut Vec<u8>, v: bool) {
         buf.push(if v { Marker::True } else { Marker::False }.to_u8());
     }
 
+    #[inline]
     pub fn opt_str(buf: &mut Vec<u8>, s: Option<&str>) {
         match s {
             Some(s) => str(buf, s),
@@ -285,6 +311,7 @@ mod tests {
     use super::*;
 
     #[test]
+    #[inline]
     fn round_trip_scalars_and_skip() {
         let mut b = Vec::new();
         put::map_len(&mut b, 2);
@@ -303,6 +330,7 @@ mod tests {
     }
 
     #[test]
+    #[inline]
     fn truncated_and_hostile_inputs_fail_cleanly() {
         assert_eq!(
             Reader::new(&[0xdd, 0xff, 0xff, 0xff, 0xff]).skip(),

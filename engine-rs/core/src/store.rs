@@ -1,10 +1,10 @@
 //! Versioned state (key -> (version, msgpack value)) and the de-duplication table, rebuilt
 //! from the journal on open.
-use std::collections::HashMap;
 use std::sync::Arc;
 
-use crate::decision::{Decision, Status};
+use crate::decision::{decode_error, opt_str, parse_level, Decision, Final, Status};
 use crate::error::{EngineError, Result};
+use crate::fxhash::FxMap;
 use crate::msgpack::{put, Reader};
 use crate::update::{decode, Scratch, Update};
 
@@ -15,12 +15,19 @@ pub struct Slot {
 
 #[derive(Default)]
 pub struct Store {
-    pub state: HashMap<Box<str>, Slot>,
+    pub state: FxMap<Box<str>, Slot>,
     pub version: u64,
-    pub dedup: HashMap<Arc<str>, Decision>,
+    pub dedup: FxMap<Arc<str>, Final>,
 }
 
 impl Store {
+    /// The repeat of an already decided task, if it was decided.
+    pub fn duplicate(&self, task: &str) -> Option<Decision> {
+        self.dedup
+            .get_key_value(task)
+            .map(|(k, f)| f.duplicate(k.clone()))
+    }
+
     /// A key's version: the global version at which it was last written; 0 when absent.
     pub fn key_version(&self, key: &str) -> u64 {
         self.state.get(key).map_or(0, |s| s.version)
@@ -75,42 +82,49 @@ impl Store {
         buf
     }
 
-    /// Re-apply one journal record (see `Engine::journal`): its decision and raw update.
+    /// Re-apply one journal record (layout in docs/JOURNAL.md): its decision and update.
     pub fn replay(&mut self, index: u64, payload: &[u8]) -> Result<()> {
         let corrupt = |reason: &str| EngineError::JournalCorrupt {
             index,
             reason: reason.into(),
         };
-        let (d, raw) = parse_record(payload).map_err(corrupt)?;
+        let (mut u, mut s) = (Update::default(), Scratch::default());
+        let d = parse_record(payload, &mut u, &mut s).map_err(corrupt)?;
+        if !d.status.is_final() {
+            return Err(corrupt("non-final decision journalled"));
+        }
         if d.status == Status::Committed {
             if d.version != self.version + 1 {
                 return Err(corrupt("version gap"));
             }
-            let (mut u, mut s) = (Update::default(), Scratch::default());
-            decode(raw, &mut u, &mut s).map_err(|_| corrupt("unreadable update"))?;
             self.apply(&s);
         }
-        if !d.status.is_final() {
-            return Err(corrupt("non-final decision journalled"));
-        }
-        self.dedup.insert(d.task.clone(), d);
+        self.dedup.insert(d.task.clone(), d.to_final());
         Ok(())
     }
 }
 
-/// A journal payload: `{"d": Decision, "ts": int, "u": Update, "notes": [...]}`.
-fn parse_record(payload: &[u8]) -> std::result::Result<(Decision, &[u8]), &'static str> {
+/// A journal payload: `[ts_us, status, version, reason, rule, level, error, blocked, notes,
+/// update]`; the decision's task, process and attempt come from the update.
+fn parse_record<'a>(
+    payload: &'a [u8],
+    u: &mut Update<'a>,
+    s: &mut Scratch<'a>,
+) -> std::result::Result<Decision, &'static str> {
     let mut r = Reader::new(payload);
-    let (mut d, mut raw) = (None, None);
-    for _ in 0..r.map_len()? {
-        match r.str()? {
-            "d" => d = Some(Decision::decode(&mut r)?),
-            "u" => raw = Some(r.raw()?),
-            _ => r.skip()?,
-        }
+    if r.array_len()? != 10 {
+        return Err("bad record layout");
     }
-    match (d, raw) {
-        (Some(d), Some(raw)) => Ok((d, raw)),
-        _ => Err("record lacks decision or update"),
-    }
+    r.uint()?;
+    let status = Status::parse(r.str()?)?;
+    let (version, reason) = (r.uint()?, r.str()?.to_owned());
+    let rule = opt_str(&mut r)?.map(str::to_owned);
+    let level = opt_str(&mut r)?.map(parse_level).transpose()?;
+    let (error, blocked) = (decode_error(&mut r)?, r.bool()?);
+    r.skip()?;
+    decode(r.raw()?, u, s).map_err(|_| "unreadable update")?;
+    let mut d = Decision::new(Arc::from(u.task), Arc::from(u.process), u.attempt, status);
+    (d.version, d.reason, d.rule, d.level, d.error, d.blocked) =
+        (version, reason, rule, level, error, blocked);
+    Ok(d)
 }
