@@ -4,10 +4,13 @@
     backend   workers (DEALER):   READY, HEARTBEAT, DISCONNECT <-> DISPATCH, HEARTBEAT
     control   sink and admins:    HELLO, DECISION, BLOCKED, UNBLOCKED, STATUS_REQ -> STATUS
 
-Each `run_once` pass polls, drains what is ready (control first: decisions free work), then
-does housekeeping: due retries, worker liveness, credit-based dispatch, RESULT batches.
+Each `run_once` pass polls, drains what is ready (control first: decisions free work),
+commits the task journal (one write + fsync for every task received in the pass) and only
+then answers the SUBMITs, then does housekeeping: due retries, worker liveness and task
+leases, credit-based dispatch, RESULT batches, journal compaction.
 A task stays with the broker from SUBMIT until the sink decides it; conflicts come back with
-attempt + 1, blocked processes are parked, lost workers' tasks are queued again at the front.
+attempt + 1 after a jittered back-off, blocked processes are parked, lost workers' tasks are
+queued again; past the process's attempt limit a task goes to the dead-letter queue.
 Every message is validated; a bad one is counted by reason, answered with ERROR, and dropped.
 """
 
@@ -15,15 +18,18 @@ from __future__ import annotations
 
 import logging
 import math
+import random
 import threading
 import time
-from collections import Counter, OrderedDict, deque
+from collections import Counter, OrderedDict
 from collections.abc import Callable
 from typing import Any, TypeGuard
 
 import zmq
 
 from brokers.config import BrokerConfig
+from brokers.dlq import MAX_LIST, DeadLetters, clean_task, letter
+from brokers.journal import Replayed, TaskJournal
 from brokers.state import Entry, TaskQueues, Worker
 from pipeline.errors import DecodeError
 from pipeline.protocol import SUPPORTED_VERSIONS, Cmd, Message, check_task, decode, encode, error
@@ -69,7 +75,10 @@ class Broker:
         self._queues = TaskQueues()
         self._workers: dict[bytes, Worker] = {}
         self._results: dict[bytes, list[dict[str, Any]]] = {}
-        self._dead: deque[dict[str, Any]] = deque(maxlen=1000)
+        self._dlq = DeadLetters()
+        # answers that wait for this pass's journal write: (socket, identity, frames)
+        self._acks: list[tuple[zmq.Socket[Any], bytes, list[Any]]] = []
+        self._rng = random.Random()
         self._recent_max = config.recent_decided
         self.counters: Counter[str] = Counter()
         self._sink: bytes | None = None
@@ -84,7 +93,8 @@ class Broker:
                 Cmd.HELLO: self._on_hello, Cmd.DECISION: self._on_decision,
                 Cmd.BLOCKED: self._on_blocked, Cmd.UNBLOCKED: self._on_unblocked,
                 Cmd.STATUS_REQ: self._on_status_req, Cmd.HEARTBEAT: self._on_nothing,
-                Cmd.ERROR: self._on_peer_error}),
+                Cmd.DLQ_LIST: self._on_dlq_list, Cmd.DLQ_REQUEUE: self._on_dlq_requeue,
+                Cmd.DLQ_PURGE: self._on_dlq_purge, Cmd.ERROR: self._on_peer_error}),
             self.backend: ("backend", {
                 Cmd.READY: self._on_ready, Cmd.HEARTBEAT: self._on_heartbeat,
                 Cmd.DISCONNECT: self._on_disconnect, Cmd.ERROR: self._on_peer_error}),
@@ -92,6 +102,26 @@ class Broker:
                 Cmd.SUBMIT: self._on_submit, Cmd.HEARTBEAT: self._on_nothing,
                 Cmd.DISCONNECT: self._on_nothing, Cmd.ERROR: self._on_peer_error}),
         }
+        self._journal: TaskJournal | None = None
+        if config.journal_dir is not None:
+            self._journal = TaskJournal(
+                config.journal_dir, fsync=config.journal_fsync,
+                compact_min_records=config.journal_compact_min_records,
+                compact_ratio=config.journal_compact_ratio)
+            self._restore(self._journal.replay())
+
+    def _restore(self, state: Replayed) -> None:
+        """Queue the journal's undecided tasks again; restore dead letters and decisions."""
+        for task in state.pending.values():
+            self._enqueue(task, b"", journal=False)
+        for dead in state.dead.values():
+            self._dlq.add(dead)
+        for tid, decision in list(state.decided.items())[-self._recent_max:]:
+            self._recent[tid] = decision
+        self.counters["journal.restored"] = len(state.pending)
+        if state.records:
+            log.info("broker: journal replayed (%d records): %d tasks queued again, "
+                     "%d dead letters", state.records, len(state.pending), len(state.dead))
 
     # -- life cycle ---------------------------------------------------------------------
     def _socket(self) -> zmq.Socket[Any]:
@@ -124,6 +154,9 @@ class Broker:
         if self._closed:
             return
         self._closed = True
+        self._commit_journal()
+        if self._journal is not None:
+            self._journal.close()
         for sock in (self.frontend, self.backend, self.control):
             sock.close(linger=self.config.linger_ms)
         if self._own_ctx:
@@ -155,8 +188,17 @@ class Broker:
         for sock in (self.control, self.backend, self.frontend):
             if ready.get(sock):
                 handled += self._drain(sock)
+        self._commit_journal()
         self._housekeeping()
         return handled
+
+    def _commit_journal(self) -> None:
+        """Group commit: one write (+ fsync) for the pass, then the held SUBMIT answers."""
+        if self._journal is not None:
+            self._journal.commit()
+        acks, self._acks = self._acks, []
+        for sock, identity, frames in acks:
+            self._send(sock, identity, frames)
 
     def next_timeout_ms(self) -> int:
         """Poll timeout: min(heartbeat, time to the next deadline), never negative."""
@@ -245,7 +287,34 @@ class Broker:
                 w.beat_at = now + interval
                 if self._send(self.backend, w.identity, beat) == "unroutable":
                     self._evict(w, "unroutable")
+        self._expire_leases(now)
         self._queues.prune()
+        self._maybe_compact()
+
+    def _expire_leases(self, now: float) -> None:
+        """Dispatch again tasks in flight longer than the lease (their update was lost)."""
+        lease = self.config.task_lease_ms / 1000
+        if not lease:
+            return
+        expired: list[Entry] = []
+        for w in self._workers.values():
+            for tid in list(w.inflight):  # dispatch order: stop at the first one still fine
+                e = self._entries.get(tid)
+                if e is not None and e.sent_at + lease > now:
+                    break
+                del w.inflight[tid]
+                if e is not None:
+                    expired.append(e)
+        if expired:
+            self.counters["lease.expired"] += len(expired)
+            self._requeue(expired, "lease expired")
+
+    def _maybe_compact(self) -> None:
+        j = self._journal
+        if j is None or not j.should_compact(len(self._entries) + len(self._dlq)):
+            return
+        j.compact([clean_task(e.task) for e in self._entries.values()],
+                  [(d["task"], d) for d in self._dlq.items.values()])
 
     def _touch(self, identity: bytes) -> None:
         w = self._workers.get(identity)
@@ -254,6 +323,7 @@ class Broker:
 
     def _flush_results(self) -> None:
         results, self._results = self._results, {}
+        results.pop(b"", None)  # restored from the journal: the producer resubmits to hear
         for producer, decisions in results.items():
             if self._send(self.frontend, producer, encode(Cmd.RESULT, {"decisions": decisions})):
                 self.counters["result.undelivered"] += len(decisions)
@@ -301,12 +371,17 @@ class Broker:
         return True
 
     # -- tasks leaving the broker ---------------------------------------------------------
-    def _finish(self, entry: Entry, decision: dict[str, Any]) -> None:
+    def _finish(self, entry: Entry, decision: dict[str, Any], *, journal: bool = True) -> None:
         del self._entries[entry.id]
+        if journal and self._journal is not None:
+            self._journal.decided(decision)
         recent = self._recent
         recent[entry.id] = decision
         if len(recent) > self._recent_max:
             recent.popitem(last=False)
+        if not entry.producer:  # restored from the journal: kept in recent for resubmits
+            self.counters[_DECIDED[decision["status"]]] += 1
+            return
         batch = self._results.get(entry.producer)
         if batch is None:
             self._results[entry.producer] = [decision]
@@ -315,30 +390,45 @@ class Broker:
         self.counters[_DECIDED[decision["status"]]] += 1
 
     def _requeue(self, entries: list[Entry], why: str) -> None:
-        """Queue undecided tasks again at the front with attempt + 1 (or dead-letter them)."""
+        """Queue undecided tasks again with attempt + 1: at once after their first failure,
+        after a jittered exponential back-off later (or dead-letter them)."""
         again = []
         for e in entries:
             e.worker = None
             e.failures += 1
-            if e.failures >= self.config.max_attempts:
+            if e.failures >= self.config.attempts_for(e.process):
                 self._dead_letter(e, f"{why} on attempt {e.attempt}")
                 continue
             e.next_attempt()
-            again.append(e)
+            if e.failures == 1:
+                again.append(e)
+            else:
+                self._retry_later(e, self.config.backoff_ms(e.failures - 1))
         self._queues.push_front(again)
-        self.counters["redelivered"] += len(again)
+        self.counters["redelivered"] += len(entries)
         self._dirty = True
 
+    def _retry_later(self, entry: Entry, delay_ms: int) -> None:
+        delay = self.config.jittered_ms(delay_ms, self._rng.random())
+        if delay <= 0:
+            self._queues.push_front([entry])
+            self._dirty = True
+        else:
+            self._queues.delay(entry, self._now + delay / 1000)
+
     def _dead_letter(self, entry: Entry, reason: str) -> None:
+        why = f"dead letter after {entry.failures} attempts: {reason}"
         decision = {"task": entry.id, "status": "failed", "process": entry.process,
-                    "attempt": entry.attempt, "version": 0,
-                    "reason": f"dead letter after {entry.failures} attempts: {reason}",
+                    "attempt": entry.attempt, "version": 0, "reason": why,
                     "rule": "max_attempts", "level": None, "retry_after_ms": 0,
                     "error": None, "blocked": False}
-        self._dead.append(decision)
+        dead = letter(entry.task, entry.failures, why)
+        self._dlq.add(dead)
+        if self._journal is not None:
+            self._journal.dead_lettered(dead["task"], dead)
         self.counters["dead_lettered"] += 1
-        log.warning("task %s dead-lettered: %s", entry.id, decision["reason"])
-        self._finish(entry, decision)
+        log.warning("task %s dead-lettered: %s", entry.id, why)
+        self._finish(entry, decision, journal=False)
 
     def _evict(self, w: Worker, why: str) -> None:
         if self._workers.pop(w.identity, None) is None:
@@ -377,18 +467,23 @@ class Broker:
 
     def _answer_submit(self, producer: bytes, accepted: list[str], busy: list[str],
                        invalid: dict[str, list[str]]) -> None:
+        """Answer a SUBMIT; with a journal, after this pass's journal write (durable)."""
         self.counters["accepted"] += len(accepted)
+        answers = []
         if accepted or not (busy or invalid):
-            self._send(self.frontend, producer, encode(Cmd.ACCEPTED, {"ids": accepted}))
+            answers.append(encode(Cmd.ACCEPTED, {"ids": accepted}))
         if busy:
             self.counters["rejected.busy"] += len(busy)
-            self._send(self.frontend, producer, _rejected(
-                busy, "busy", "the broker's queue is full",
-                self.config.busy_retry_after_ms))
+            answers.append(_rejected(busy, "busy", "the broker's queue is full",
+                                     self.config.busy_retry_after_ms))
         for reason, ids in invalid.items():
             self.counters[f"rejected.{reason}"] += len(ids)
-            self._send(self.frontend, producer, _rejected(
-                [i for i in ids if i], "invalid", reason, 0))
+            answers.append(_rejected([i for i in ids if i], "invalid", reason, 0))
+        if self._journal is None:
+            for frames in answers:
+                self._send(self.frontend, producer, frames)
+        else:
+            self._acks.extend((self.frontend, producer, frames) for frames in answers)
 
     def _known(self, task_id: str, producer: bytes) -> bool:
         """A resubmit: the latest submitter gets the result; a decided task's is sent again."""
@@ -403,8 +498,11 @@ class Broker:
         self.counters["resubmitted"] += 1
         return True
 
-    def _enqueue(self, task: dict[str, Any], producer: bytes) -> None:
-        task["attempt"] = 1
+    def _enqueue(self, task: dict[str, Any], producer: bytes, *, journal: bool = True,
+                 attempt: int = 1) -> None:
+        if journal and self._journal is not None:
+            self._journal.submitted(task)  # packed now, before attempt and after are set
+        task["attempt"] = attempt
         task["after"] = 0
         entry = Entry(task, producer)
         self._entries[entry.id] = entry
@@ -457,8 +555,26 @@ class Broker:
         _check_versions(msg.header.get("versions", [1]))
         role = msg.header["role"]
         if role == "sink":
+            if self._sink is not None and self._sink != identity:
+                self._sink_restarted()
             self._sink = identity
         log.info("control: hello from %s (%s)", role, identity.hex())
+
+    def _sink_restarted(self) -> None:
+        """A new sink lost the updates its predecessor had not decided: dispatch the tasks
+        in flight again (the sink answers `duplicate` for those it had committed)."""
+        entries = []
+        for w in self._workers.values():
+            entries.extend(self._entries[t] for t in w.inflight if t in self._entries)
+            w.inflight.clear()
+        self.counters["sink.restarted"] += 1
+        log.warning("broker: the sink restarted; %d tasks in flight go back to the queue",
+                    len(entries))
+        for e in entries:
+            e.worker = None
+            e.next_attempt()
+        self._queues.push_front(entries)
+        self._dirty = True
 
     def _on_decision(self, identity: bytes, msg: Message) -> None:
         bad = 0
@@ -497,7 +613,7 @@ class Broker:
 
     def _conflict(self, entry: Entry, d: dict[str, Any]) -> None:
         entry.failures += 1
-        if entry.failures >= self.config.max_attempts:
+        if entry.failures >= self.config.attempts_for(entry.process):
             self._dead_letter(entry, f"conflict: {d.get('reason', '')}")
             return
         entry.next_attempt()
@@ -506,11 +622,7 @@ class Broker:
         delay_ms = d.get("retry_after_ms")
         if not isinstance(delay_ms, int) or delay_ms < 0:
             delay_ms = self.config.backoff_ms(entry.failures)
-        if delay_ms == 0:
-            self._queues.push_front([entry])
-            self._dirty = True
-        else:
-            self._queues.delay(entry, self._now + delay_ms / 1000)
+        self._retry_later(entry, delay_ms)
 
     def _park(self, entry: Entry, d: dict[str, Any]) -> None:
         entry.next_attempt()
@@ -554,9 +666,57 @@ class Broker:
             "counters": dict(self.counters),
             "blocked": [{"process": p, "reason": r} for p, r in q.blocked.items()],
             "recent_decided": len(self._recent),
-            "dead_letters": len(self._dead),
+            "dead_letters": len(self._dlq),
+            "dead_by_process": self._dlq.by_process(),
             "sink": self._sink is not None,
+            "journal": None if self._journal is None else {
+                **self._journal.counters, "file_records": self._journal.records},
         }
+
+    # -- control: the dead-letter queue ---------------------------------------------------
+    def _on_dlq_list(self, identity: bytes, msg: Message) -> None:
+        ids = _dlq_ids(msg.header, allow_none=True)
+        items = self._dlq.select(ids)
+        self._dlq_reply(identity, items[:MAX_LIST], [d["id"] for d in items])
+
+    def _on_dlq_requeue(self, identity: bytes, msg: Message) -> None:
+        ids = _dlq_ids(msg.header, allow_none=False)
+        done = self._dlq.remove(ids if ids is not None else list(self._dlq.items))
+        room = self.config.max_queue - len(self._entries)
+        for dead in done:
+            self._requeue_dead(dead, room > 0)
+            room -= 1
+        self.counters["dlq.requeued"] += len(done)
+        self._dlq_reply(identity, done[:MAX_LIST], [d["id"] for d in done])
+
+    def _requeue_dead(self, dead: dict[str, Any], fits: bool) -> None:
+        tid = dead["id"]
+        if tid in self._entries or not fits:
+            self.counters["dlq.requeue-skipped"] += 1
+            self._dlq.add(dead)
+            return
+        if self._journal is not None:
+            self._journal.requeued(tid)
+        self._recent.pop(tid, None)
+        self._enqueue(dict(dead["task"]), b"", journal=False, attempt=dead["attempt"] + 1)
+
+    def _on_dlq_purge(self, identity: bytes, msg: Message) -> None:
+        ids = _dlq_ids(msg.header, allow_none=False)
+        done = self._dlq.remove(ids if ids is not None else list(self._dlq.items))
+        if self._journal is not None:
+            for dead in done:
+                self._journal.purged(dead["id"])
+        self.counters["dlq.purged"] += len(done)
+        self._dlq_reply(identity, [], [d["id"] for d in done])
+
+    def _dlq_reply(self, identity: bytes, items: list[dict[str, Any]],
+                   affected: list[str]) -> None:
+        """Answer after this pass's journal write: the change is durable when it arrives."""
+        frames = encode(Cmd.DLQ, {"items": items, "affected": affected, "total": len(self._dlq)})
+        if self._journal is None:
+            self._send(self.control, identity, frames)
+        else:
+            self._acks.append((self.control, identity, frames))
 
     # -- any socket ---------------------------------------------------------------------
     def _on_nothing(self, identity: bytes, msg: Message) -> None:
@@ -603,6 +763,18 @@ def _check_versions(versions: Any) -> None:
     if not any(v in SUPPORTED_VERSIONS for v in versions if isinstance(v, int)):
         raise Refused("version", "version", f"no common version; supported: "
                       f"{list(SUPPORTED_VERSIONS)}")
+
+
+def _dlq_ids(header: dict[str, Any], *, allow_none: bool) -> list[str] | None:
+    """The `ids` a DLQ command names; None means all (`all: true`, or nothing for a list)."""
+    ids, everything = header.get("ids"), header.get("all")
+    if ids is None:
+        if everything is True or allow_none:
+            return None
+        raise Refused("invalid", "dlq-without-ids", "name the ids, or set all: true")
+    if not isinstance(ids, list) or not all(type(i) is str for i in ids):
+        raise DecodeError("header-field:ids")
+    return ids
 
 
 def _decision_ok(d: Any) -> bool:

@@ -6,7 +6,7 @@ Loading from TOML and the environment belongs to the CLI (it builds a `BrokerCon
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from pipeline.errors import ConfigError
@@ -31,8 +31,20 @@ class BrokerConfig:
     # Back-off before a conflicting task is dispatched again, when the sink gives none.
     retry_base_backoff_ms: int = 10
     retry_max_backoff_ms: int = 5000
-    # Dispatches that ended in a conflict or a lost worker before a task is dead-lettered.
+    # Dispatches that ended in a conflict, a lost worker or an expired lease before a task is
+    # dead-lettered; `max_attempts_per_process` overrides it per process name.
     max_attempts: int = 10
+    max_attempts_per_process: dict[str, int] = field(default_factory=dict)
+    # Retry delays are stretched by a random 0..retry_jitter_pct percent (no herds).
+    retry_jitter_pct: int = 25
+    # A dispatched task undecided for this long is dispatched again (0: never).
+    task_lease_ms: int = 60_000
+    # The task journal's directory (durable intake, dead letters); None: in memory only.
+    journal_dir: str | None = None
+    journal_fsync: bool = True
+    # Compact the journal when it holds more than max(min, ratio * live) records.
+    journal_compact_min_records: int = 10_000
+    journal_compact_ratio: int = 4
     # The most tasks in one DISPATCH (a worker with more credit gets several).
     max_dispatch_batch: int = 256
     # The most credit one worker may hold (hostile READY floods are capped here).
@@ -53,13 +65,30 @@ class BrokerConfig:
                 raise ConfigError(f"broker.{f.name} must be a non-empty string")
         for name in ("heartbeat_interval_ms", "liveness", "max_queue", "max_message_bytes",
                      "max_attempts", "max_dispatch_batch", "max_worker_credit",
-                     "max_recv_per_pass", "hwm_messages"):
+                     "max_recv_per_pass", "hwm_messages", "journal_compact_ratio"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"broker.{name} must be >= 1")
         for name in ("busy_retry_after_ms", "retry_base_backoff_ms", "retry_max_backoff_ms",
-                     "recent_decided", "linger_ms"):
+                     "recent_decided", "linger_ms", "retry_jitter_pct", "task_lease_ms",
+                     "journal_compact_min_records"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"broker.{name} must be >= 0")
+        self._check_extras()
+
+    def _check_extras(self) -> None:
+        if self.journal_dir is not None and (not isinstance(self.journal_dir, str)
+                                             or not self.journal_dir):
+            raise ConfigError("broker.journal_dir must be a non-empty string or None")
+        if not isinstance(self.journal_fsync, bool):
+            raise ConfigError("broker.journal_fsync must be true or false")
+        per = self.max_attempts_per_process
+        if not isinstance(per, dict) or not all(
+                isinstance(k, str) and type(v) is int and v >= 1 for k, v in per.items()):
+            raise ConfigError("broker.max_attempts_per_process must map names to ints >= 1")
+
+    def attempts_for(self, process: str) -> int:
+        """The most attempts a task of `process` gets before it is dead-lettered."""
+        return self.max_attempts_per_process.get(process, self.max_attempts)
 
     @property
     def expiry_ms(self) -> int:
@@ -70,6 +99,10 @@ class BrokerConfig:
         """Exponential back-off for the n-th failed attempt (1-based), capped."""
         exp = min(max(failures - 1, 0), 30)
         return min(self.retry_max_backoff_ms, self.retry_base_backoff_ms << exp)
+
+    def jittered_ms(self, delay_ms: int, unit: float) -> float:
+        """delay_ms stretched by unit (0..1) of the configured jitter."""
+        return delay_ms * (1 + unit * self.retry_jitter_pct / 100)
 
     @classmethod
     def from_mapping(cls, values: dict[str, Any]) -> BrokerConfig:

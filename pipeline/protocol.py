@@ -46,6 +46,10 @@ class Cmd(IntEnum):
     UNBLOCKED = 0x43
     STATUS_REQ = 0x44
     STATUS = 0x45
+    DLQ_LIST = 0x46
+    DLQ_REQUEUE = 0x47
+    DLQ_PURGE = 0x48
+    DLQ = 0x49
     ERROR = 0x7F
 
 
@@ -74,6 +78,10 @@ SCHEMA: dict[Cmd, dict[str, type | tuple[type, ...]]] = {
     Cmd.UNBLOCKED: {"process": str},
     Cmd.STATUS_REQ: {},
     Cmd.STATUS: {"role": str},
+    Cmd.DLQ_LIST: {},
+    Cmd.DLQ_REQUEUE: {},
+    Cmd.DLQ_PURGE: {},
+    Cmd.DLQ: {"items": list, "affected": list, "total": int},
     Cmd.ERROR: {"code": str, "reason": str},
 }
 

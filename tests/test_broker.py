@@ -47,7 +47,7 @@ class Net:
         settings: dict[str, Any] = {
             "frontend": f"ipc://{tmp_path}/f", "backend": f"ipc://{tmp_path}/b",
             "control": f"ipc://{tmp_path}/c", "heartbeat_interval_ms": 100,
-            "liveness": 3, **overrides}
+            "liveness": 3, "retry_jitter_pct": 0, **overrides}
         self.config = BrokerConfig(**settings)
         self.broker = Broker(self.config, self.ctx, clock=self.clock)
         self.broker.bind()
@@ -105,6 +105,12 @@ class Net:
 
     def counter(self, name: str) -> int:
         return self.broker.counters[name]
+
+    def restart(self) -> None:
+        """Close the broker and start a new one on the same endpoints and journal."""
+        self.broker.close()
+        self.broker = Broker(self.config, self.ctx, clock=self.clock)
+        self.broker.bind()
 
     def close(self) -> None:
         for sock in self.sockets:

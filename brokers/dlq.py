@@ -1,0 +1,57 @@
+"""The dead-letter queue: tasks the broker gave up on, with the reason, kept until an
+operator requeues or purges them (journaled by the broker, so they survive restarts).
+
+A dead letter is a map (the `DeadLetter` of docs/PROTOCOL.md):
+
+    {id, process, task, attempt, failures, reason, at}
+
+`task` is the producer's task as submitted (no attempt); `at` is the wall-clock time (unix
+seconds) it was dead-lettered.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from typing import Any
+
+MAX_LIST = 10_000  # the most dead letters one DLQ reply carries
+
+
+def clean_task(task: dict[str, Any]) -> dict[str, Any]:
+    """The task as the producer submitted it (without the broker's attempt and after)."""
+    return {k: v for k, v in task.items() if k not in ("attempt", "after")}
+
+
+def letter(task: dict[str, Any], failures: int, reason: str) -> dict[str, Any]:
+    return {"id": task["id"], "process": task["process"], "task": clean_task(task),
+            "attempt": int(task.get("attempt", 1)), "failures": failures, "reason": reason,
+            "at": time.time()}
+
+
+class DeadLetters:
+    """Dead letters by task id, oldest first."""
+
+    def __init__(self) -> None:
+        self.items: OrderedDict[str, dict[str, Any]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def add(self, dead: dict[str, Any]) -> None:
+        self.items[dead["id"]] = dead
+
+    def select(self, ids: list[str] | None) -> list[dict[str, Any]]:
+        """The dead letters named by ids (unknown ids are skipped), or all when None."""
+        if ids is None:
+            return list(self.items.values())
+        return [self.items[i] for i in ids if i in self.items]
+
+    def remove(self, ids: list[str]) -> list[dict[str, Any]]:
+        return [d for d in (self.items.pop(i, None) for i in ids) if d is not None]
+
+    def by_process(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for d in self.items.values():
+            out[d["process"]] = out.get(d["process"], 0) + 1
+        return out

@@ -1,0 +1,190 @@
+"""The broker's durable intake, dead-letter queue, leases and retries, over real ipc://
+sockets, stepped with run_once on a fake clock (see tests/test_broker.py for the `Net`)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import zmq
+
+from brokers.journal import FILE_NAME, TaskJournal, read_records
+from pipeline.protocol import Cmd, encode
+from tests.test_broker import Net, decision, ids, make_net, net, task
+
+__all__ = ["make_net", "net"]  # fixtures, re-exported for this module's tests
+
+
+@pytest.fixture
+def jnet(make_net: Callable[..., Net], tmp_path: Path) -> Net:
+    return make_net(journal_dir=str(tmp_path / "journal"))
+
+
+def _journal_kinds(net: Net) -> list[str]:
+    assert net.config.journal_dir is not None
+    records, _ = read_records(Path(net.config.journal_dir) / FILE_NAME)
+    return [r["k"] for r in records]
+
+
+def _dlq(net: Net, sock: zmq.Socket[Any], cmd: Cmd, **header: Any) -> dict[str, Any]:
+    sock.send_multipart(encode(cmd, header))
+    return net.expect(sock, Cmd.DLQ)
+
+
+def test_accepted_means_journaled_and_a_restart_queues_undecided_tasks(jnet: Net) -> None:
+    prod, sink = jnet.producer(), jnet.sink()
+    assert jnet.submit(prod, task("t1"), task("t2"), task("t3"))["ids"] == ["t1", "t2", "t3"]
+    assert _journal_kinds(jnet) == ["s", "s", "s"]  # on disk before the ACCEPTED left
+    worker = jnet.worker(["p"], credit=2)
+    assert ids(jnet.expect(worker, Cmd.DISPATCH)) == ["t1", "t2"]
+    jnet.decide(sink, decision("t1", version=5))
+    jnet.expect(prod, Cmd.RESULT)
+    assert jnet.broker.status()["journal"]["fsyncs"] >= 1
+    jnet.restart()
+    status = jnet.broker.status()
+    assert (status["tasks"], status["queues"]) == (2, {"p": 2})  # t2 was in flight
+    assert status["counters"]["journal.restored"] == 2
+    fresh = jnet.worker(["p"], credit=5, name="fresh")
+    assert ids(jnet.expect(fresh, Cmd.DISPATCH)) == ["t2", "t3"]
+    again = jnet.producer()  # a reconnected producer resubmits; t1's decision survived
+    jnet.submit(again, task("t1"), task("t2"))
+    assert jnet.expect(again, Cmd.RESULT)["decisions"][0]["version"] == 5
+    assert jnet.broker.status()["tasks"] == 2, "a resubmit is not queued twice"
+    sink2 = jnet.sink()
+    jnet.decide(sink2, decision("t2"), decision("t3"))
+    got = jnet.expect(again, Cmd.RESULT)["decisions"]
+    assert [d["task"] for d in got] == ["t2"]  # t3's producer never came back
+
+
+def test_a_torn_tail_is_cut_off(tmp_path: Path) -> None:
+    journal = TaskJournal(tmp_path)
+    journal.replay()
+    journal.submitted(task("a"))
+    journal.submitted(task("b"))
+    journal.commit()
+    journal.close()
+    with (tmp_path / FILE_NAME).open("ab") as f:
+        f.write(b"\x10\x00\x00\x00garbage")
+    again = TaskJournal(tmp_path)
+    state = again.replay()
+    assert list(state.pending) == ["a", "b"] and state.truncated_bytes == 11
+    again.decided(decision("a"))
+    again.close()
+    third = TaskJournal(tmp_path)
+    assert list(third.replay().pending) == ["b"]
+    third.close()
+
+
+def test_compaction_keeps_only_live_tasks(make_net: Callable[..., Net], tmp_path: Path) -> None:
+    net = make_net(journal_dir=str(tmp_path / "j"), journal_compact_min_records=20)
+    prod, sink = net.producer(), net.sink()
+    worker = net.worker(["p"], credit=100)
+    net.submit(prod, *(task(f"t{i}") for i in range(30)))
+    net.expect(worker, Cmd.DISPATCH)
+    net.decide(sink, *(decision(f"t{i}") for i in range(28)))
+    net.expect(prod, Cmd.RESULT)
+    net.clock.advance(0.06)
+    net.broker.run_once(0)
+    assert net.broker.status()["journal"]["compactions"] == 1
+    assert _journal_kinds(net) == ["s", "s"]
+    net.restart()
+    assert net.broker.status()["tasks"] == 2
+
+
+def test_dead_letters_are_journaled_listed_requeued_and_purged(
+        make_net: Callable[..., Net], tmp_path: Path) -> None:
+    net = make_net(journal_dir=str(tmp_path / "j"), max_attempts=5,
+                   max_attempts_per_process={"p": 2})
+    prod, sink = net.producer(), net.sink()
+    net.submit(prod, task("t1", x=1), task("t2"))
+    worker = net.worker(["p"], credit=5)
+    net.expect(worker, Cmd.DISPATCH)
+    for attempt in (1, 2):
+        net.decide(sink, decision("t1", "conflict", attempt=attempt),
+                   decision("t2", "conflict", attempt=attempt))
+        if attempt == 1:
+            net.expect(worker, Cmd.DISPATCH)
+    dead = net.expect(prod, Cmd.RESULT)["decisions"]
+    assert {(d["status"], d["rule"]) for d in dead} == {("failed", "max_attempts")}
+    net.restart()
+    admin = net.dealer(net.config.control)
+    listed = _dlq(net, admin, Cmd.DLQ_LIST)
+    assert (listed["total"], listed["affected"]) == (2, ["t1", "t2"])
+    one = listed["items"][0]
+    assert (one["process"], one["task"], one["attempt"]) == ("p", task("t1", x=1), 2)
+    assert "conflict" in one["reason"] and one["failures"] == 2
+    assert _dlq(net, admin, Cmd.DLQ_LIST, ids=["t2", "nope"])["affected"] == ["t2"]
+    assert _dlq(net, admin, Cmd.DLQ_REQUEUE, ids=["t1"])["affected"] == ["t1"]
+    worker = net.worker(["p"], credit=5, name="again")
+    assert [(t["id"], t["attempt"]) for t in net.expect(worker, Cmd.DISPATCH)["tasks"]] == [
+        ("t1", 3)]
+    assert _dlq(net, admin, Cmd.DLQ_PURGE, all=True) == {"items": [], "affected": ["t2"],
+                                                         "total": 0}
+    admin.send_multipart(encode(Cmd.DLQ_PURGE, {}))  # neither ids nor all: refused
+    assert net.expect(admin, Cmd.ERROR)["code"] == "invalid"
+    net.restart()
+    assert net.broker.status()["dead_letters"] == 0
+    assert net.broker.status()["queues"] == {"p": 1}  # t1, requeued, still undecided
+
+
+def test_dlq_works_without_a_journal(make_net: Callable[..., Net]) -> None:
+    net = make_net(max_attempts=1)
+    prod, admin = net.producer(), net.dealer(net.config.control)
+    net.submit(prod, task("t1"))
+    w = net.worker(["p"], credit=1)
+    net.expect(w, Cmd.DISPATCH)
+    w.send_multipart(encode(Cmd.DISCONNECT))
+    net.expect(prod, Cmd.RESULT)
+    assert _dlq(net, admin, Cmd.DLQ_LIST)["affected"] == ["t1"]
+
+
+def test_an_expired_lease_dispatches_again(make_net: Callable[..., Net]) -> None:
+    net = make_net(task_lease_ms=1000, heartbeat_interval_ms=1000, liveness=10)
+    prod = net.producer()
+    net.submit(prod, task("t1"), task("t2"))
+    worker = net.worker(["p"], credit=1)
+    assert ids(net.expect(worker, Cmd.DISPATCH)) == ["t1"]
+    net.clock.advance(0.9)
+    net.ready(worker, 1)
+    assert ids(net.expect(worker, Cmd.DISPATCH)) == ["t2"]
+    net.clock.advance(0.6)  # t1 held 1.5 s (the lease check runs every half heartbeat)
+    net.ready(worker, 1)
+    again = net.expect(worker, Cmd.DISPATCH)["tasks"]
+    assert [(t["id"], t["attempt"]) for t in again] == [("t1", 2)]
+    assert net.counter("lease.expired") == 1
+
+
+def test_a_restarted_sink_gets_the_tasks_in_flight_again(net: Net) -> None:
+    prod, sink = net.producer(), net.sink()
+    net.submit(prod, task("t1"))
+    worker = net.worker(["p"], credit=5)
+    net.expect(worker, Cmd.DISPATCH)
+    net.sink()  # a new sink process says HELLO
+    again = net.expect(worker, Cmd.DISPATCH)["tasks"]
+    assert [(t["id"], t["attempt"]) for t in again] == [("t1", 2)]
+    net.decide(sink, decision("t1", "duplicate", attempt=2))
+    assert net.expect(prod, Cmd.RESULT)["decisions"][0]["status"] == "duplicate"
+    assert net.counter("sink.restarted") == 1
+
+
+def test_repeated_losses_back_off_with_jitter(make_net: Callable[..., Net]) -> None:
+    net = make_net(retry_base_backoff_ms=100, retry_jitter_pct=50, heartbeat_interval_ms=1000)
+    prod = net.producer()
+    net.submit(prod, task("t1"))
+    first = net.worker(["p"], credit=1, name="first")
+    net.expect(first, Cmd.DISPATCH)
+    first.send_multipart(encode(Cmd.DISCONNECT))
+    net.pump(lambda: net.broker.status()["workers"] == [])
+    second = net.worker(["p"], credit=1, name="second")
+    net.expect(second, Cmd.DISPATCH)  # the first loss: at once
+    second.send_multipart(encode(Cmd.DISCONNECT))
+    net.pump(lambda: net.broker.status()["workers"] == [])
+    third = net.worker(["p"], credit=1, name="third")
+    assert net.broker.status()["delayed"] == 1  # the second: 100..150 ms later
+    net.clock.advance(0.099)
+    net.broker.run_once(0)
+    assert not third.poll(0)
+    net.clock.advance(0.052)
+    assert [t["attempt"] for t in net.expect(third, Cmd.DISPATCH)["tasks"]] == [3]
