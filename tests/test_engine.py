@@ -1,0 +1,121 @@
+"""The Rust engine through its Python API (pipeline._engine): decisions, events, replay,
+journal verification and error classes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import msgpack
+import pytest
+
+from pipeline import errors
+from pipeline._engine import Engine, verify_journal
+
+
+def update(task: str, reads: dict[str, int], data: dict[str, object], **extra: object) -> dict:
+    return {"task": task, "process": "p", "attempt": 1, "worker": "w", "reads": reads,
+            "data": data, **extra}
+
+
+def frame(*updates: dict) -> bytes:
+    return msgpack.packb({"updates": list(updates)}, use_bin_type=True)
+
+
+def unpack(b: bytes) -> dict:
+    return msgpack.unpackb(b, raw=False, strict_map_key=True)
+
+
+@pytest.fixture
+def engine(tmp_path: Path):
+    e = Engine(str(tmp_path / "j"), fsync="never")
+    e.register("p", ["in"], ["a", "b"])
+    yield e
+    e.close()
+
+
+def test_commit_decisions_and_events(engine: Engine) -> None:
+    sig = {"topic": "t", "payload": b"\x00"}
+    batch = engine.apply_batch([frame(update("t1", {"a": 0}, {"a": {"x": [1, 2]}},
+                                             signals=[sig]))])
+    assert (len(batch), batch.commits, batch.malformed, batch.stop) == (1, 1, [], None)
+    d = batch[0]
+    assert (d.task, d.status, d.process, d.version, d.reason, d.rule) == (
+        "t1", "committed", "p", 1, "", None)
+    wire = unpack(batch.decisions)["decisions"][0]
+    assert set(wire) == {"task", "status", "process", "attempt", "version", "reason", "rule",
+                         "level", "retry_after_ms", "error", "blocked"}
+    events = unpack(batch.events)["events"]
+    assert events == [{"version": 1, "task": "t1", "process": "p",
+                       "writes": {"a": {"x": [1, 2]}}, "signals": [sig]}]
+    assert engine.get("a") == (1, msgpack.packb({"x": [1, 2]}))
+    assert unpack(engine.snapshot()) == {"version": 1, "state": {"a": [1, {"x": [1, 2]}]}}
+
+
+def test_conflict_duplicate_failed_rejected_and_malformed(engine: Engine) -> None:
+    err = {"type": "ValueError", "message": "boom", "traceback": ""}
+    batch = engine.apply_batch([
+        frame(update("t1", {"a": 0}, {"a": 1}), update("t2", {"a": 0}, {"a": 2}),
+              update("t1", {"a": 1}, {"a": 3}), update("t3", {}, {}, error=err),
+              update("t4", {"z": 0}, {"z": 1})),
+        b"\xc1",
+    ])
+    assert [d.status for d in batch] == ["committed", "conflict", "duplicate", "failed",
+                                         "rejected"]
+    conflict, dup, failed, rejected = batch[1], batch[2], batch[3], batch[-1]
+    assert (conflict.version, conflict.rule) == (1, "cas") and conflict.retry_after_ms > 0
+    assert (dup.version, dup.attempt) == (1, 1)
+    assert (failed.error_type, failed.error_message) == ("ValueError", "boom")
+    assert rejected.rule == "contract"
+    assert len(batch.malformed) == 1
+    assert engine.version == 1
+    with pytest.raises(IndexError):
+        batch[5]
+
+
+def test_replay_after_reopen(tmp_path: Path) -> None:
+    path = str(tmp_path / "j")
+    e = Engine(path, fsync="always")
+    e.register("p", [], ["a"])
+    e.apply_batch([frame(update("t1", {"a": 0}, {"a": 1}), update("t2", {"a": 1}, {"a": 2}))])
+    snap = e.snapshot()
+    e.close()
+    with pytest.raises(errors.EngineError):
+        e.apply_batch([])
+    again = Engine(path)
+    again.register("p", [], ["a"])
+    assert (again.snapshot(), again.version) == (snap, 2)
+    assert again.apply_batch([frame(update("t2", {"a": 2}, {"a": 9}))])[0].status == "duplicate"
+    assert verify_journal(path) == (2, None, None)
+
+
+def test_verify_journal_names_the_corrupted_record(tmp_path: Path) -> None:
+    path = tmp_path / "j"
+    e = Engine(str(path), fsync="never")
+    e.register("p", [], ["a"])
+    for i in range(3):
+        e.apply_batch([frame(update(f"t{i}", {"a": i}, {"a": i + 1}))])
+    e.close()
+    (seg,) = path.glob("*.seg")
+    raw = bytearray(seg.read_bytes())
+    second = 8 + 44 + int.from_bytes(raw[8:12], "little")
+    raw[second + 50] ^= 0xFF
+    seg.write_bytes(bytes(raw))
+    ok, bad, reason = verify_journal(str(path))
+    assert (ok, bad) == (1, 1) and reason
+    with pytest.raises(errors.JournalCorrupt, match="record 1") as info:
+        Engine(str(path))
+    assert info.value.index == 1
+    assert isinstance(info.value, errors.JournalError)
+
+
+def test_error_classes(tmp_path: Path) -> None:
+    with pytest.raises(errors.EngineError):
+        Engine(str(tmp_path), fsync="sometimes")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("this is = = not toml")
+    with pytest.raises(errors.RecipeError):
+        Engine(str(tmp_path / "j"), recipes=str(bad))
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(errors.JournalError):
+        Engine(str(blocker / "j"))
