@@ -24,7 +24,7 @@ log = logging.getLogger("pipeline")
 
 # Modules that add sub-commands: each defines `register(subparsers)` and keeps its own
 # imports lazy (the worker path must never import the Rust extension).
-COMMAND_MODULES: list[str] = ["pipeline.cli_ops"]
+COMMAND_MODULES: list[str] = ["pipeline.cli_ops", "pipeline.cli_dlq"]
 
 
 def setup_logging(level: str = "INFO", json_format: bool = False) -> None:
@@ -137,6 +137,9 @@ def _add_roles(sub: Any) -> None:
     p = sub.add_parser("broker", help="run the broker")
     _endpoint_args(p)
     p.add_argument("--heartbeat-ms", type=int, dest="broker.heartbeat_interval_ms")
+    p.add_argument("--journal", dest="broker.journal_dir",
+                   help="task journal directory (durable intake, dead letters)")
+    p.add_argument("--max-attempts", type=int, dest="broker.max_attempts")
     p.add_argument("--metrics-port", type=int, dest="metrics.broker_port", help="0: off")
     p.set_defaults(func=cmd_broker)
 

@@ -125,6 +125,9 @@ class Cluster:
     fsync: str = "interval"
     credit: int = 64
     heartbeat_interval_ms: int = 1000
+    # The broker's task journal (durable intake); default: <run_dir>/broker-journal.
+    broker_journal_dir: str | None = None
+    broker_args: list[str] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)
     stderr: int | None = None
     sink_child: Child | None = None
@@ -137,6 +140,8 @@ class Cluster:
         self.endpoints = Endpoints.embedded(self.run_dir)
         if self.journal_dir is None:
             self.journal_dir = str(Path(self.run_dir) / "journal")
+        if self.broker_journal_dir is None:
+            self.broker_journal_dir = str(Path(self.run_dir) / "broker-journal")
         self._own_namespace = self.namespace is None
         if self.namespace is None:
             self.namespace = f"p{os.getpid()}-{Path(self.run_dir).name[-8:]}"
@@ -167,7 +172,8 @@ class Cluster:
         return self.sink_child
 
     def start_broker(self) -> Child:
-        args = [*self._ep_args(), "--heartbeat-ms", str(self.heartbeat_interval_ms)]
+        args = [*self._ep_args(), "--heartbeat-ms", str(self.heartbeat_interval_ms),
+                "--journal", str(self.broker_journal_dir), *self.broker_args]
         self.broker_child = spawn("broker", args, env=self.env, stderr=self.stderr)
         return self.broker_child
 
