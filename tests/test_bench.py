@@ -1,0 +1,57 @@
+"""Smoke test of `pipeline bench`: every mode runs end to end with tiny sizes, prints one
+JSON object with its keys, and every figure is positive (the figures themselves are not
+judged here: see docs/BENCHMARKS.md)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from pipeline.bench.modes import percentiles, worker_counts
+from pipeline.cli import main
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def _bench(capsys: pytest.CaptureFixture[str], *argv: str) -> dict:
+    assert main(["bench", *argv, "--json"]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def _positive(result: dict, keys: list[str]) -> None:
+    for key in keys:
+        values = result[key] if isinstance(result[key], list) else [result[key]]
+        assert values and all(v > 0 for v in values), (key, result[key])
+
+
+def test_throughput(capsys):
+    r = _bench(capsys, "throughput", "--tasks", "300", "--workers", "1")
+    _positive(r, ["tasks_per_s", "pool_tasks_per_s", "zmq_tasks_per_s", "broker_rss_mb",
+                  "sink_rss_mb"])
+
+
+def test_latency(capsys):
+    r = _bench(capsys, "latency", "--tasks", "30", "--workers", "1")
+    _positive(r, ["p50_us", "p99_us", "p999_us", "pool_p50_us", "zmq_p50_us"])
+    assert r["p50_us"] <= r["p99_us"] <= r["p999_us"]
+
+
+def test_scaling(capsys):
+    r = _bench(capsys, "scaling", "--tasks", "20", "--workers", "1")
+    assert r["workers"] == [1] and r["speedup"] == [1.0]
+    _positive(r, ["tasks_per_s", "speedup"])
+
+
+def test_engine(capsys):
+    r = _bench(capsys, "engine", "--tasks", "2000", "--scan-mb", "1")
+    _positive(r, ["commits_per_s_fsync_never", "commits_per_s_fsync_10ms",
+                  "numpy_scan_gb_per_s"])
+
+
+def test_helpers():
+    assert worker_counts(1) == [1]
+    assert worker_counts(6) == [1, 2, 4, 6]
+    assert worker_counts(8) == [1, 2, 4, 8]
+    p = percentiles([i / 1e6 for i in range(1, 1001)])
+    assert p["p50_us"] == pytest.approx(500.5, abs=1) and p["p999_us"] >= 999
