@@ -6,7 +6,10 @@
 
 A Producer owns one DEALER socket and is used from one thread. Submissions are pipelined:
 `submit` sends at once and returns a `TaskHandle`; acknowledgements and results are read
-whenever any handle waits.
+whenever any handle waits. Every task is kept until its decision arrives: tasks without an
+ACCEPTED are sent again (same ids) when the broker has said nothing for `ack_timeout_s`,
+and every undecided task is sent again when the socket reconnects (a restarted broker);
+the broker accepts a known id again without queuing it twice.
 """
 
 from __future__ import annotations
@@ -19,11 +22,14 @@ from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 import zmq
+from zmq.utils.monitor import recv_monitor_message
 
 from pipeline import protocol as proto
 from pipeline.api import Decision
 from pipeline.errors import Busy, DecodeError, PipelineError, SubmitRejected, TaskTimeout
 from pipeline.protocol import Cmd
+
+RESEND_CHUNK = 1000
 
 
 class TaskHandle:
@@ -51,14 +57,24 @@ class TaskHandle:
 class Producer:
     def __init__(self, endpoint: str, *, ctx: zmq.Context[Any] | None = None,
                  heavy: Any = None, namespace: str | None = None,
-                 max_message_bytes: int = 256 * 1024 * 1024) -> None:
+                 max_message_bytes: int = 256 * 1024 * 1024,
+                 ack_timeout_s: float = 5.0) -> None:
         self.ctx = ctx or zmq.Context()
         self._own_ctx = ctx is None
         self.sock = self.ctx.socket(zmq.DEALER)
         self.sock.setsockopt(zmq.LINGER, 2000)
         self.sock.setsockopt(zmq.MAXMSGSIZE, max_message_bytes)
         self.sock.setsockopt(zmq.SNDHWM, 0)
+        self._monitor = self.sock.get_monitor_socket(
+            zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED)
         self.sock.connect(endpoint)
+        self._poller = zmq.Poller()
+        self._poller.register(self.sock, zmq.POLLIN)
+        self._poller.register(self._monitor, zmq.POLLIN)
+        self._ack_timeout_s = ack_timeout_s
+        self._heard = time.monotonic()
+        self._lost = False  # the connection dropped: resend everything on reconnect
+        self.resent = 0
         self._heavy = heavy
         self._namespace = namespace or os.environ.get("PIPELINE_NAMESPACE", "default")
         self._prefix = f"{uuid.uuid4().hex[:12]}-{os.getpid()}-"
@@ -66,8 +82,11 @@ class Producer:
         self._decisions: dict[str, Decision] = {}
         self._rejected: dict[str, PipelineError] = {}
         self.unacked: dict[str, dict[str, Any]] = {}
+        self.undecided: dict[str, dict[str, Any]] = {}  # accepted, no decision yet
 
     def close(self) -> None:
+        self.sock.disable_monitor()
+        self._monitor.close(linger=0)
         self.sock.close(linger=2000)
         if self._heavy is not None and hasattr(self._heavy, "close"):
             self._heavy.close()
@@ -108,18 +127,44 @@ class Producer:
         return {name: self._heavy.export(arr) for name, arr in heavy.items()}
 
     def _send(self, tasks: list[dict[str, Any]]) -> None:
+        if not self.unacked:
+            self._heard = time.monotonic()  # the ack timeout starts with the first unacked
         for task in tasks:
             self.unacked[task["id"]] = task
         self.sock.send_multipart(proto.encode(Cmd.SUBMIT, {"tasks": tasks}))
+
+    def _resend(self, tasks: list[dict[str, Any]]) -> None:
+        """Send tasks again under their ids (idempotent at the broker), in chunks."""
+        for i in range(0, len(tasks), RESEND_CHUNK):
+            chunk = tasks[i:i + RESEND_CHUNK]
+            self.sock.send_multipart(proto.encode(Cmd.SUBMIT, {"tasks": chunk}))
+        self.resent += len(tasks)
+        self._heard = time.monotonic()
 
     # -- receiving -------------------------------------------------------------------------
     def poll(self, timeout_ms: int) -> int:
         """Read acknowledgements and results for up to `timeout_ms`; return messages read."""
         n = 0
-        while self.sock.poll(timeout_ms if n == 0 else 0):
-            self._handle(self.sock.recv_multipart())
+        while True:
+            ready = dict(self._poller.poll(timeout_ms if n == 0 else 0))
+            if not ready:
+                break
+            if ready.get(self._monitor):
+                self._on_monitor(recv_monitor_message(self._monitor))
+            if ready.get(self.sock):
+                self._handle(self.sock.recv_multipart())
+                self._heard = time.monotonic()
             n += 1
+        if self.unacked and time.monotonic() - self._heard > self._ack_timeout_s:
+            self._resend(list(self.unacked.values()))
         return n
+
+    def _on_monitor(self, event: dict[str, Any]) -> None:
+        if event["event"] == zmq.EVENT_DISCONNECTED:
+            self._lost = True
+        elif event["event"] == zmq.EVENT_CONNECTED and self._lost:
+            self._lost = False
+            self._resend([*self.unacked.values(), *self.undecided.values()])
 
     def _handle(self, frames: list[bytes]) -> None:
         try:
@@ -131,9 +176,12 @@ class Producer:
                 decision = Decision.from_wire(d)
                 self._decisions[decision.task] = decision
                 self.unacked.pop(decision.task, None)
+                self.undecided.pop(decision.task, None)
         elif msg.cmd is Cmd.ACCEPTED:
             for tid in msg.header["ids"]:
-                self.unacked.pop(tid, None)
+                task = self.unacked.pop(tid, None)
+                if task is not None:
+                    self.undecided[tid] = task
         elif msg.cmd is Cmd.REJECTED:
             self._on_rejected(msg.header)
 
@@ -144,6 +192,7 @@ class Producer:
         for tid in header["ids"]:
             self._rejected[tid] = exc
             self.unacked.pop(tid, None)
+            self.undecided.pop(tid, None)
 
     def wait(self, task_id: str, timeout: float | None = None) -> Decision:
         deadline = None if timeout is None else time.monotonic() + timeout
