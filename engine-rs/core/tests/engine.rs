@@ -372,3 +372,105 @@ fn fsync_policies_all_commit() {
         assert!(e.apply_batch(&[]).is_err());
     }
 }
+
+/// An auditor driven by the task's name: "rej*" rejects (and blocks), "stop*" stops.
+#[derive(Default)]
+struct Scripted {
+    blocked: Vec<String>,
+    successes: usize,
+}
+
+impl pipeline_core::audit_api::Audit for Scripted {
+    fn admit(&mut self, process: &str, _now_ms: u64) -> Result<(), String> {
+        match self.blocked.iter().any(|p| p == process) {
+            true => Err(format!("{process} is blocked")),
+            false => Ok(()),
+        }
+    }
+    fn check(
+        &mut self,
+        input: &pipeline_core::audit_api::AuditInput<'_>,
+        _now_ms: u64,
+    ) -> pipeline_core::audit_api::Verdict {
+        use pipeline_core::audit_api::{Finding, Level, Verdict};
+        let finding = |level| Finding {
+            rule: "r".into(),
+            level,
+            message: "too big".into(),
+        };
+        match input.writes.first().map(|f| f.value) {
+            Some([9]) => {
+                self.blocked.push(input.process.into());
+                Verdict::Reject {
+                    finding: finding(Level::A),
+                    blocked: Some("threshold".into()),
+                }
+            }
+            Some([7]) => Verdict::Stop {
+                finding: finding(Level::S),
+            },
+            _ => Verdict::Pass {
+                notes: vec![finding(Level::C)],
+            },
+        }
+    }
+    fn failure(&mut self, _: &str, _: pipeline_core::audit_api::Failure, _: u64) -> Option<String> {
+        None
+    }
+    fn success(&mut self, _process: &str) {
+        self.successes += 1;
+    }
+    fn unblock(&mut self, process: &str) -> bool {
+        let before = self.blocked.len();
+        self.blocked.retain(|p| p != process);
+        before != self.blocked.len()
+    }
+    fn blocked(&self) -> Vec<String> {
+        self.blocked.clone()
+    }
+}
+
+#[test]
+fn audit_reject_block_unblock_and_stop() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = Config {
+        fsync: Fsync::Never,
+        strict: false,
+    };
+    let mut e = Engine::open(dir.path(), config, Box::new(Scripted::default())).unwrap();
+    e.register("p", &[], &["a".into()]).unwrap();
+    let out = e
+        .apply_batch(&[frame(&[
+            upd("t1", &[("a", 0)], &[("a", 9)]),
+            upd("t2", &[("a", 0)], &[("a", 1)]),
+        ])])
+        .unwrap();
+    let (rej, blk) = (&out.decisions[0], &out.decisions[1]);
+    assert_eq!(
+        (
+            rej.status,
+            rej.rule.as_deref(),
+            rej.level.map(|l| l.as_str()),
+            rej.blocked
+        ),
+        (Status::Rejected, Some("r"), Some("A"), true)
+    );
+    assert_eq!((blk.status, blk.blocked), (Status::Blocked, true));
+    assert_eq!(
+        out.newly_blocked,
+        vec![("p".to_string(), "threshold".to_string())]
+    );
+    assert_eq!(e.blocked(), ["p"]);
+    assert!(e.unblock("p"));
+    let out = e
+        .apply_batch(&[frame(&[
+            upd("t2", &[("a", 0)], &[("a", 1)]),
+            upd("t3", &[("a", 1)], &[("a", 7)]),
+            upd("t4", &[("a", 1)], &[("a", 2)]),
+        ])])
+        .unwrap();
+    let got: Vec<Status> = out.decisions.iter().map(|d| d.status).collect();
+    assert_eq!(got, [Status::Committed, Status::Rejected, Status::Blocked]);
+    assert_eq!(out.stop.as_deref(), Some("rule r: too big"));
+    assert_eq!(e.version(), 1);
+}
