@@ -10,11 +10,18 @@ One thread, one poller over four sockets:
 The worker asks for a snapshot, then tells the broker it is READY with its credit. Every
 dispatched task runs through the one context factory; its StateUpdate (or its exception)
 goes to the sink, and the credit goes back to the broker.
+
+Liveness: a broker silent for `liveness` heartbeat intervals (or one that answers DISCONNECT
+or ERROR unknown-worker) is left: the worker drops the tasks it has not run (the broker
+dispatches them again), opens a new backend socket and sends a full READY, retrying with
+exponential back-off and jitter. Drain: after `stop` is set the worker takes no new credit,
+runs what it holds, sends the updates, then DISCONNECT (see `drain`).
 """
 
 from __future__ import annotations
 
 import logging
+import random
 import threading
 import time
 import traceback
@@ -36,6 +43,9 @@ log = logging.getLogger(__name__)
 
 AFTER_WAIT_S = 2.0  # run a task anyway if the replica has not caught up by then
 GATE_S = 0.2  # a key written by an undecided update stays gated at most this long
+RECONNECT_BASE_S = 0.1  # back-off before re-registering: base * 2^(n-1), jittered, capped
+RECONNECT_MAX_S = 5.0
+DRAIN_S = 10.0  # the most a graceful stop spends finishing held tasks
 
 
 class Worker:
@@ -54,6 +64,9 @@ class Worker:
         self._snapshot_sent = 0.0
         self._registered = False
         self._last_send = self._last_recv = time.monotonic()
+        self._reconnects = 0  # consecutive re-registrations without hearing the broker
+        self._register_at: float | None = None  # a re-registration waiting for its back-off
+        self._draining = False
         self._sockets()
 
     # -- sockets ---------------------------------------------------------------------------
@@ -96,8 +109,19 @@ class Worker:
             if self._registered and not announced and ready is not None:
                 ready()
                 announced = True
+        self.drain()
         log.info("worker %s stopping after %d tasks", self.config.name, self.counters["tasks"])
         return 0
+
+    def drain(self, timeout_s: float = DRAIN_S) -> None:
+        """Graceful stop: return no more credit, run the tasks held, send their updates.
+        `close` then says DISCONNECT; the broker re-dispatches anything left undecided."""
+        self._draining = True
+        deadline = time.monotonic() + timeout_s
+        while self.pending and self._registered and time.monotonic() < deadline:
+            self.run_once(50)
+        if self.pending:
+            log.warning("worker: %d tasks left undone at stop", len(self.pending))
 
     def run_once(self, timeout_ms: int = 100) -> None:
         """One pass: receive what is ready, run runnable tasks, then housekeeping."""
@@ -124,6 +148,7 @@ class Worker:
             return
         if sock is self.backend:
             self._last_recv = time.monotonic()
+            self._reconnects = 0
         handler = self._handlers.get(msg.cmd)
         if handler is None:
             self.counters["malformed"] += 1
@@ -165,12 +190,19 @@ class Worker:
 
     def _on_error(self, header: dict[str, Any]) -> None:
         log.warning("worker: peer reported error %s: %s", header["code"], header["reason"])
+        if header["code"] == "unknown-worker" and self._registered:
+            self._reregister("the broker does not know this worker")
+
+    def _on_disconnect(self, header: dict[str, Any]) -> None:
+        if self._registered:
+            self._reregister("the broker sent DISCONNECT")
 
     _handlers: dict[Cmd, Callable[[Worker, dict[str, Any]], None]] = {
         Cmd.DISPATCH: _on_dispatch,
         Cmd.COMMIT: _on_commit,
         Cmd.SNAPSHOT: _on_snapshot,
         Cmd.HEARTBEAT: _on_heartbeat,
+        Cmd.DISCONNECT: _on_disconnect,
         Cmd.ERROR: _on_error,
     }
 
@@ -215,7 +247,8 @@ class Worker:
         if updates:
             self.counters["tasks"] += len(updates)
             self.updates.send_multipart(encode_updates(updates))
-            self._send_backend(Cmd.READY, {"credit": len(updates)})
+            if not self._draining:
+                self._send_backend(Cmd.READY, {"credit": len(updates)})
 
     def execute(self, task: dict[str, Any]) -> dict[str, Any]:
         """Run one task; return its wire Update (or the error it raised)."""
@@ -245,9 +278,42 @@ class Worker:
         interval = self.config.heartbeat_interval_ms / 1000
         if self._registered and now - self._last_send > interval:
             self._send_backend(Cmd.HEARTBEAT, {})
+        if self._registered and now - self._last_recv > interval * self.config.liveness:
+            self._reconnect(now)
+        if self._register_at is not None and now >= self._register_at and not self._draining:
+            self._register_at = None
+            self._last_recv = now  # the new connection gets a full liveness period
+            self._register()
         if not self.replica.synced and now - self._snapshot_sent > \
                 self.config.snapshot_timeout_ms / 1000:
             self.request_snapshot()
+
+    def _reregister(self, why: str) -> None:
+        """Same connection, fresh registration: drop unrun tasks, READY with full credit."""
+        log.warning("worker %s: %s; registering again", self.config.name, why)
+        self._drop_pending()
+        self._register()
+
+    def _reconnect(self, now: float) -> None:
+        """The broker fell silent: new backend socket, READY again after a jittered back-off."""
+        self._reconnects += 1
+        self.counters["reconnects"] = self.counters.get("reconnects", 0) + 1
+        backoff = min(RECONNECT_MAX_S, RECONNECT_BASE_S * 2 ** (self._reconnects - 1))
+        delay = backoff * random.uniform(0.5, 1.0)
+        log.warning("worker %s: no word from the broker for %.1fs; reconnecting in %.2fs",
+                    self.config.name, now - self._last_recv, delay)
+        self._drop_pending()
+        self.poller.unregister(self.backend)
+        self.backend.close(linger=0)
+        self.backend = self._socket(zmq.DEALER, self.config.endpoints.backend)
+        self.poller.register(self.backend, zmq.POLLIN)
+        self._registered = False
+        self._register_at = now + delay
+
+    def _drop_pending(self) -> None:
+        if self.pending:
+            self.counters["dropped"] = self.counters.get("dropped", 0) + len(self.pending)
+            self.pending.clear()
 
     def _send_backend(self, cmd: Cmd, header: dict[str, Any]) -> None:
         self.backend.send_multipart(proto.encode(cmd, header))
