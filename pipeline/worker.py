@@ -61,6 +61,8 @@ class Worker:
         self.gate = KeyGate()
         self.counters: dict[str, int] = {"tasks": 0, "errors": 0, "resyncs": 0, "malformed": 0}
         self._buffered: list[dict[str, Any]] = []
+        # Called with each batch of updates sent (pipeline.metrics.WorkerMetrics.on_batch).
+        self.on_batch: Callable[[list[dict[str, Any]]], None] | None = None
         self._snapshot_sent = 0.0
         self._registered = False
         self._last_send = self._last_recv = time.monotonic()
@@ -246,6 +248,8 @@ class Worker:
         self.pending = deferred
         if updates:
             self.counters["tasks"] += len(updates)
+            if self.on_batch is not None:
+                self.on_batch(updates)
             self.updates.send_multipart(encode_updates(updates))
             if not self._draining:
                 self._send_backend(Cmd.READY, {"credit": len(updates)})
@@ -258,6 +262,8 @@ class Worker:
             proto.pack(update)  # every value must cross the wire: fail here, not later
         except Exception as exc:  # the process's own failure is data for the sink
             self.counters["errors"] += 1
+            log.info("task %s: process %s raised %s", task["id"], task["process"],
+                     type(exc).__name__, extra={"task": task["id"]})
             update = error_update(task, exc, traceback.format_exc(limit=20))
         update["worker"] = self.config.name
         update["args"] = task.get("args", {})
