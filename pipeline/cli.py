@@ -28,13 +28,12 @@ COMMAND_MODULES: list[str] = ["pipeline.cli_ops", "pipeline.cli_dlq", "pipeline.
 
 
 def setup_logging(level: str = "INFO", json_format: bool = False) -> None:
-    fmt = ('{"t":"%(asctime)s","level":"%(levelname)s","logger":"%(name)s",'
-           '"pid":%(process)d,"msg":"%(message)s"}' if json_format else
-           "%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s")
+    fmt = "%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s"
+    formatter = {"()": "pipeline.logs.JsonFormatter"} if json_format else {"format": fmt}
     logging.config.dictConfig({
         "version": 1,
         "disable_existing_loggers": False,
-        "formatters": {"default": {"format": fmt}},
+        "formatters": {"default": formatter},
         "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "default",
                                 "stream": "ext://sys.stderr"}},
         "root": {"handlers": ["stderr"], "level": level},
