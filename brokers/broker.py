@@ -427,7 +427,8 @@ class Broker:
         if self._journal is not None:
             self._journal.dead_lettered(dead["task"], dead)
         self.counters["dead_lettered"] += 1
-        log.warning("task %s dead-lettered: %s", entry.id, why)
+        log.warning("task %s dead-lettered: %s", entry.id, why,
+                    extra={"task": entry.id, "process": entry.process})
         self._finish(entry, decision, journal=False)
 
     def _evict(self, w: Worker, why: str) -> None:
