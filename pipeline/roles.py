@@ -8,38 +8,102 @@ import the Rust extension.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import zmq
 
 from pipeline.config import Settings
 
 log = logging.getLogger(__name__)
 
 Ready = Callable[[], None]
+STOP_CHECK_MS = 100
+
+
+@contextlib.contextmanager
+def metrics_endpoint(settings: Settings, role: str, registry: Any) -> Iterator[int]:
+    """Serve `registry` on `[metrics] <role>_port` (0: off); yields the port or 0."""
+    port = settings.get("metrics", f"{role}_port")
+    if not port:
+        yield 0
+        return
+    from pipeline.metrics import MetricsServer
+
+    server = MetricsServer(registry, settings.get("metrics", "host"), port)
+    try:
+        yield server.port
+    finally:
+        server.close()
 
 
 def serve_broker(settings: Settings, ready: Ready, stop: threading.Event) -> int:
-    from brokers.broker import serve
+    from brokers.broker import Broker
+    from pipeline.metrics import BrokerMetrics
+    from pipeline.security import server_context
 
-    return serve(settings.broker(), ready=ready, stop=stop)
+    metrics = BrokerMetrics()
+    with server_context(settings, "broker") as ctx, \
+            metrics_endpoint(settings, "broker", metrics.registry) as port:
+        broker = Broker(settings.broker(), ctx=ctx)
+        try:
+            return _run_broker(broker, metrics if port else None, ready, stop)
+        finally:
+            broker.close()
+
+
+def _run_broker(broker: Any, metrics: Any, ready: Ready, stop: threading.Event) -> int:
+    """`Broker.run` with a metrics refresh on the broker's own thread between passes."""
+    try:
+        broker.bind()
+    except zmq.ZMQError as exc:
+        log.error("broker: cannot bind: %s", exc)
+        return 1
+    ready()
+    while not stop.is_set():
+        broker.run_once(min(broker.next_timeout_ms(), STOP_CHECK_MS))
+        if metrics is not None:
+            metrics.maybe_refresh(broker.status)
+    c = broker.counters
+    log.info("broker stopped: %d accepted, %d dispatched, %d committed, %d malformed",
+             c["accepted"], c["dispatched"], c["decided.committed"], c["malformed"])
+    return 0
 
 
 def serve_sink(settings: Settings, ready: Ready, stop: threading.Event) -> int:
+    from pipeline.metrics import SinkMetrics
+    from pipeline.security import server_context
     from pipeline.sink import Sink
 
-    sink = Sink(settings.sink())
-    try:
-        return sink.run(ready=ready, stop=stop)
-    finally:
-        sink.close()
+    config = settings.sink()
+    metrics = SinkMetrics(config.journal_dir, config.namespace)
+    with server_context(settings, "sink") as ctx, \
+            metrics_endpoint(settings, "sink", metrics.registry) as port:
+        sink = Sink(config, ctx=ctx)
+        if port:
+            sink.engine = metrics.wrap(sink.engine)
+        try:
+            return sink.run(ready=ready, stop=stop)
+        finally:
+            sink.close()
 
 
 def serve_worker(settings: Settings, ready: Ready, stop: threading.Event) -> int:
+    from pipeline.metrics import WorkerMetrics
+    from pipeline.security import worker_context
     from pipeline.worker import Worker
 
-    worker = Worker(settings.worker())
-    try:
-        return worker.run(ready=ready, stop=stop)
-    finally:
-        worker.close()
+    config = settings.worker()
+    with worker_context(settings) as ctx:
+        worker = Worker(config, ctx=ctx)
+        metrics = WorkerMetrics(config.namespace, worker.counters)
+        with metrics_endpoint(settings, "worker", metrics.registry) as port:
+            if port:
+                worker.on_batch = metrics.on_batch
+            try:
+                return worker.run(ready=ready, stop=stop)
+            finally:
+                worker.close()
