@@ -732,6 +732,15 @@ class Broker:
 # -- pure helpers ---------------------------------------------------------------------------
 def _task_problem(task: Any) -> str | None:
     """Why a submitted task is invalid, or None."""
+    # fast path for the common well-formed task (exact types: a bool is not an int here)
+    if (type(task) is dict and type(task.get("id")) is str and type(task.get("args")) is dict
+            and type(task.get("process")) is str and task.get("heavy") is None):
+        tid, process = task["id"], task["process"]
+        return None if 0 < len(tid) <= MAX_ID_CHARS and process else _task_problem_slow(task)
+    return _task_problem_slow(task)
+
+
+def _task_problem_slow(task: Any) -> str | None:
     try:
         check_task(task)
     except DecodeError as exc:

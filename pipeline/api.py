@@ -154,19 +154,23 @@ class Decision:
 
     @classmethod
     def from_wire(cls, d: Mapping[str, Any]) -> Decision:
-        err = d.get("error") or {}
+        err = d.get("error")
+        if not isinstance(err, Mapping):  # the common case: no error (a hot path)
+            err = _NO_ERROR
+        status = d.get("status", "rejected")
+        known = _STATUSES.get(status) if type(status) is str else None
         return cls(
-            task=str(d.get("task", "")),
-            status=Status(d.get("status", "rejected")),
-            process=str(d.get("process", "")),
-            attempt=int(d.get("attempt") or 0),
-            version=int(d.get("version") or 0),
-            reason=str(d.get("reason") or ""),
-            rule=d.get("rule"),
-            level=d.get("level"),
-            error_type=err.get("type") if isinstance(err, Mapping) else None,
-            error_message=err.get("message") if isinstance(err, Mapping) else None,
-            traceback=err.get("traceback") if isinstance(err, Mapping) else None,
+            str(d.get("task", "")),
+            known or Status(status),
+            str(d.get("process", "")),
+            int(d.get("attempt") or 0),
+            int(d.get("version") or 0),
+            str(d.get("reason") or ""),
+            d.get("rule"),
+            d.get("level"),
+            err.get("type"),
+            err.get("message"),
+            err.get("traceback"),
         )
 
     def raise_for_status(self) -> Decision:
@@ -174,6 +178,10 @@ class Decision:
         if not self.committed:
             raise TaskFailed(self)
         return self
+
+
+_STATUSES: dict[Any, Status] = {s.value: s for s in Status}
+_NO_ERROR: Mapping[str, Any] = {}
 
 
 class TaskFailed(PipelineError):
