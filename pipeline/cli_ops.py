@@ -434,6 +434,22 @@ def _print_findings(findings: list[Any]) -> None:
             print(f"       fix: {f.fix}")
 
 
+# -- keys --------------------------------------------------------------------------------------
+def cmd_keys_generate(args: argparse.Namespace) -> int:
+    from pipeline.security import generate_keys
+
+    public, secret = generate_keys(args.dir, args.name)
+    key = public.read_text().split('public-key = "')[1].split('"')[0]
+    if args.json:
+        emit_json({"name": args.name, "public": str(public), "secret": str(secret),
+                   "public_key": key})
+        return 0
+    print(f"public key  {public}  (copy it into the allow-list directory of broker and sink)")
+    print(f"secret key  {secret}  (mode 0600: stays on this machine)")
+    print(f"z85         {key}")
+    return 0
+
+
 # -- registration ------------------------------------------------------------------------------
 def register(sub: Any) -> None:
     p = sub.add_parser("config", help="configuration: show the effective settings")
@@ -477,6 +493,15 @@ def _register_ops(sub: Any) -> None:
     p.add_argument("--json", action="store_true")
     p.add_argument("--timeout", type=float, default=5.0)
     p.set_defaults(func=cmd_unblock)
+
+    p = sub.add_parser("keys", help="CurveZMQ keys for tcp:// deployments")
+    ksub = p.add_subparsers(dest="keys_command", required=True)
+    g = ksub.add_parser("generate", help="write DIR/NAME.key and DIR/NAME.key_secret")
+    g.add_argument("dir")
+    g.add_argument("--name", default="server",
+                   help="the key's name (the allow-list identity of a client)")
+    g.add_argument("--json", action="store_true")
+    g.set_defaults(func=cmd_keys_generate)
 
     p = sub.add_parser("doctor", help="check /dev/shm for the heavy zone; exit 1 on a failure")
     p.add_argument("--config", default=argparse.SUPPRESS, metavar="FILE")

@@ -84,6 +84,8 @@ class SinkConfig:
     namespace: str = "default"
     batch_max: int = 4096
     max_message_bytes: int = 256 * 1024 * 1024
+    # CurveZMQ keys (set from [security] by the CLI; not a file setting itself).
+    curve: CurveKeys | None = None
 
 
 # -- one file for every role: pipeline.toml, then the environment, then flags -----------------
@@ -138,7 +140,7 @@ def _schema() -> dict[tuple[str, str], Setting]:
               for n in ENDPOINT_NAMES]
     items += _from_dataclass("broker", BrokerConfig, ENDPOINT_NAMES[:3])
     items += [s if s.key != "journal_dir" else Setting("sink", "journal_dir", str, "journal")
-              for s in _from_dataclass("sink", SinkConfig, ("endpoints", "namespace"))]
+              for s in _from_dataclass("sink", SinkConfig, ("endpoints", "namespace", "curve"))]
     items += _from_dataclass("worker", WorkerConfig, ("endpoints", "namespace"))
     items += [
         Setting("heavy", "namespace", str, "default", help="shared-memory namespace"),
@@ -199,10 +201,10 @@ class Settings:
         return BrokerConfig(frontend=ep.frontend, backend=ep.backend, control=ep.control,
                             **self.section("broker"))
 
-    def sink(self) -> SinkConfig:
+    def sink(self, curve: CurveKeys | None = None) -> SinkConfig:
         values = _required_app(self.section("sink"), "sink")
         return SinkConfig(endpoints=self.endpoints(), namespace=self.get("heavy", "namespace"),
-                          **values)
+                          curve=curve, **values)
 
     def worker(self) -> WorkerConfig:
         values = _required_app(self.section("worker"), "worker")
@@ -331,3 +333,15 @@ def _check(setting: Setting, value: Any, where: str) -> Any:
         raise ConfigError(f"{where}: [{setting.section}] {setting.key} must be "
                           f"{kind.__name__}, not {value!r}")
     return float(value) if kind is float else value
+
+
+@dataclass(frozen=True, slots=True)
+class CurveKeys:
+    """CurveZMQ keys of one process (z85 text as bytes); see pipeline/security.py.
+
+    `names` maps each allowed client public key to its name (servers only)."""
+
+    public: bytes
+    secret: bytes = field(repr=False)
+    server_public: bytes
+    names: Mapping[bytes, str] = field(default_factory=dict, repr=False)

@@ -43,12 +43,16 @@ def metrics_endpoint(settings: Settings, role: str, registry: Any) -> Iterator[i
 def serve_broker(settings: Settings, ready: Ready, stop: threading.Event) -> int:
     from brokers.broker import Broker
     from pipeline.metrics import BrokerMetrics
-    from pipeline.security import server_context
+    from pipeline.security import apply_curve, server_context, server_keys
 
     metrics = BrokerMetrics()
+    config = settings.broker()
+    keys = server_keys(settings) if settings.get("security", "curve") else None
     with server_context(settings, "broker") as ctx, \
             metrics_endpoint(settings, "broker", metrics.registry) as port:
-        broker = Broker(settings.broker(), ctx=ctx)
+        broker = Broker(config, ctx=ctx)
+        for sock in (broker.frontend, broker.backend, broker.control):
+            apply_curve(sock, keys, server=True)
         try:
             return _run_broker(broker, metrics if port else None, ready, stop)
         finally:
@@ -75,10 +79,10 @@ def _run_broker(broker: Any, metrics: Any, ready: Ready, stop: threading.Event) 
 
 def serve_sink(settings: Settings, ready: Ready, stop: threading.Event) -> int:
     from pipeline.metrics import SinkMetrics
-    from pipeline.security import server_context
+    from pipeline.security import server_context, server_keys
     from pipeline.sink import Sink
 
-    config = settings.sink()
+    config = settings.sink(server_keys(settings) if settings.get("security", "curve") else None)
     metrics = SinkMetrics(config.journal_dir, config.namespace)
     with server_context(settings, "sink") as ctx, \
             metrics_endpoint(settings, "sink", metrics.registry) as port:

@@ -29,6 +29,7 @@ from pipeline.api import ProcessSpec, load_app
 from pipeline.config import SinkConfig
 from pipeline.errors import DecodeError
 from pipeline.protocol import Cmd
+from pipeline.security import apply_curve, stamp_identity
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +71,7 @@ class Sink:
         sock.setsockopt(zmq.MAXMSGSIZE, self.config.max_message_bytes)
         if kind == zmq.PUB:
             sock.setsockopt(zmq.SNDHWM, 1_000_000)
+        apply_curve(sock, self.config.curve, server=bind)
         if bind:
             sock.bind(endpoint)
         else:
@@ -110,7 +112,7 @@ class Sink:
         frames = []
         for _ in range(self.config.batch_max):
             try:
-                msg = self.updates.recv_multipart(zmq.NOBLOCK)
+                msg = self._recv_update()
             except zmq.Again:
                 break
             header = self._update_header(msg)
@@ -118,6 +120,12 @@ class Sink:
                 frames.append(header)
         if frames:
             self._decide(frames)
+
+    def _recv_update(self) -> list[bytes]:
+        if self.config.curve is None:
+            return self.updates.recv_multipart(zmq.NOBLOCK)
+        # CURVE: the journal records the authenticated sender (see pipeline/security.py)
+        return stamp_identity(self.updates.recv_multipart(zmq.NOBLOCK, copy=False))
 
     def _update_header(self, msg: list[bytes]) -> bytes | None:
         try:
