@@ -428,7 +428,7 @@ class Broker:
             self._journal.dead_lettered(dead["task"], dead)
         self.counters["dead_lettered"] += 1
         log.warning("task %s dead-lettered: %s", entry.id, why,
-                    extra={"task": entry.id, "process": entry.process})
+                    extra={"task": entry.id, "proc": entry.process})
         self._finish(entry, decision, journal=False)
 
     def _evict(self, w: Worker, why: str) -> None:

@@ -1,7 +1,7 @@
 """Log formatting for the CLI: one JSON object per line with `--log-json`.
 
 Library code logs with `logging.getLogger(__name__)` and, where a task is concerned, passes
-`extra={"task": task_id}` (or `process`, `worker`); the JSON formatter copies those fields
+`extra={"task": task_id}` (or `proc`, `worker`); the JSON formatter copies those fields
 into the object, so `jq 'select(.task == "...")'` follows one task through every process.
 """
 
@@ -11,7 +11,7 @@ import json
 import logging
 import time
 
-EXTRA_FIELDS = ("task", "process", "worker", "attempt")
+EXTRA_FIELDS = ("task", "proc", "worker", "attempt")  # not "process": LogRecord has it (the pid)
 
 
 class JsonFormatter(logging.Formatter):
