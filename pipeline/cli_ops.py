@@ -444,7 +444,8 @@ def cmd_keys_generate(args: argparse.Namespace) -> int:
         emit_json({"name": args.name, "public": str(public), "secret": str(secret),
                    "public_key": key})
         return 0
-    print(f"public key  {public}  (copy it into the allow-list directory of broker and sink)")
+    print(f"public key  {public}  (a client's goes into the servers' allow directory; "
+          "the server's is every client's server_public)")
     print(f"secret key  {secret}  (mode 0600: stays on this machine)")
     print(f"z85         {key}")
     return 0
