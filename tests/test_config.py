@@ -190,3 +190,9 @@ def test_table_settings_from_file_and_env(tmp_path: Path) -> None:
     assert load(path, env={}).broker().max_attempts_per_process == {"slow": 2}
     s = load(path, env={"PIPELINE_BROKER_MAX_ATTEMPTS_PER_PROCESS": '{"fast": 5}'})
     assert s.broker().max_attempts_per_process == {"fast": 5}
+
+
+def test_operations_doc_lists_every_setting() -> None:
+    text = (Path(__file__).resolve().parents[1] / "docs" / "OPERATIONS.md").read_text()
+    missing = [s.env for s in schema().values() if f"`{s.env}`" not in text]
+    assert not missing, f"docs/OPERATIONS.md lacks {missing}"
