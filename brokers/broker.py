@@ -613,8 +613,11 @@ class Broker:
             self._park(entry, d)
 
     def _conflict(self, entry: Entry, d: dict[str, Any]) -> None:
-        entry.failures += 1
-        if entry.failures >= self.config.attempts_for(entry.process):
+        # A conflict is optimistic concurrency at work, not a fault of the task: each one
+        # means another update committed. Under contention on one key a task may lose many
+        # times in a row, so conflicts have their own, much larger budget.
+        entry.conflicts += 1
+        if entry.conflicts >= self.config.max_conflicts:
             self._dead_letter(entry, f"conflict: {d.get('reason', '')}")
             return
         entry.next_attempt()
@@ -622,8 +625,8 @@ class Broker:
         entry.task["after"] = version if isinstance(version, int) and version > 0 else 0
         delay_ms = d.get("retry_after_ms")
         if not isinstance(delay_ms, int) or delay_ms < 0:
-            delay_ms = self.config.backoff_ms(entry.failures)
-        self._retry_later(entry, delay_ms)
+            delay_ms = self.config.backoff_ms(entry.conflicts)
+        self._retry_later(entry, min(delay_ms, self.config.conflict_max_backoff_ms))
 
     def _park(self, entry: Entry, d: dict[str, Any]) -> None:
         entry.next_attempt()

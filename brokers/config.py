@@ -34,6 +34,10 @@ class BrokerConfig:
     # Dispatches that ended in a conflict, a lost worker or an expired lease before a task is
     # dead-lettered; `max_attempts_per_process` overrides it per process name.
     max_attempts: int = 10
+    # Compare-and-swap conflicts: their own budget, and a short back-off (the retry waits
+    # for the worker's replica to reach the conflicting version anyway: `after`).
+    max_conflicts: int = 1000
+    conflict_max_backoff_ms: int = 20
     max_attempts_per_process: dict[str, int] = field(default_factory=dict)
     # Retry delays are stretched by a random 0..retry_jitter_pct percent (no herds).
     retry_jitter_pct: int = 25
@@ -64,7 +68,7 @@ class BrokerConfig:
             if f.type in ("str", str) and (not isinstance(value, str) or not value):
                 raise ConfigError(f"broker.{f.name} must be a non-empty string")
         for name in ("heartbeat_interval_ms", "liveness", "max_queue", "max_message_bytes",
-                     "max_attempts", "max_dispatch_batch", "max_worker_credit",
+                     "max_attempts", "max_conflicts", "max_dispatch_batch", "max_worker_credit",
                      "max_recv_per_pass", "hwm_messages", "journal_compact_ratio"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"broker.{name} must be >= 1")

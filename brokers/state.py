@@ -18,7 +18,8 @@ from typing import Any
 class Entry:
     """One task the broker holds, from SUBMIT to the sink's final decision."""
 
-    __slots__ = ("failures", "id", "process", "producer", "sent_at", "task", "worker")
+    __slots__ = ("conflicts", "failures", "id", "process", "producer", "sent_at", "task",
+                 "worker")
 
     def __init__(self, task: dict[str, Any], producer: bytes) -> None:
         self.task = task
@@ -27,7 +28,8 @@ class Entry:
         self.producer = producer
         self.worker: bytes | None = None  # set while in flight
         self.sent_at = 0.0
-        self.failures = 0  # dispatches that ended in a conflict or a lost worker
+        self.failures = 0  # dispatches that ended with a lost worker or an expired lease
+        self.conflicts = 0  # dispatches the sink refused as stale (compare-and-swap)
 
     @property
     def attempt(self) -> int:

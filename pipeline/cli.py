@@ -24,7 +24,8 @@ log = logging.getLogger("pipeline")
 
 # Modules that add sub-commands: each defines `register(subparsers)` and keeps its own
 # imports lazy (the worker path must never import the Rust extension).
-COMMAND_MODULES: list[str] = ["pipeline.cli_ops", "pipeline.cli_dlq", "pipeline.bench.cli"]
+COMMAND_MODULES: list[str] = [
+    "pipeline.cli_ops", "pipeline.cli_dlq", "pipeline.bench.cli", "pipeline.cli_audit"]
 
 
 def setup_logging(level: str = "INFO", json_format: bool = False) -> None:

@@ -55,12 +55,19 @@ def _child_env(extra: dict[str, str] | None) -> dict[str, str]:
 
 
 def spawn(role: str, args: list[str], *, env: dict[str, str] | None = None,
-          prelude: str = "", stderr: int | None = None, ready_timeout_s: float = 30.0) -> Child:
+          prelude: str = "", log_path: str | None = None, stderr: int | None = None,
+          ready_timeout_s: float = 30.0) -> Child:
     """Start `pipeline ROLE ARGS...` and wait for its READY line."""
     code = f"{prelude}from pipeline.cli import main; raise SystemExit(main())"
     cmd = [sys.executable, "-c", code, role, *args]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=stderr, env=_child_env(env),
-                            start_new_session=True)
+    log = open(log_path, "ab") if log_path else None  # noqa: SIM115 (the child owns it)
+    try:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log or stderr,
+                                env=_child_env(env),
+                                start_new_session=True)
+    finally:
+        if log is not None:
+            log.close()
     child = Child(role, proc)
     try:
         _await_ready(child, ready_timeout_s)
@@ -129,7 +136,8 @@ class Cluster:
     broker_journal_dir: str | None = None
     broker_args: list[str] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)
-    stderr: int | None = None
+    log_dir: str | None = None  # each child's stderr goes to LOG_DIR/ROLE.log, else to:
+    stderr: int | None = None  # a file descriptor (or subprocess.DEVNULL); None: inherited
     sink_child: Child | None = None
     broker_child: Child | None = None
     worker_children: list[Child] = field(default_factory=list)
@@ -168,22 +176,31 @@ class Cluster:
                 "--namespace", str(self.namespace), *self._ep_args()]
         if self.recipes:
             args += ["--recipes", self.recipes]
-        self.sink_child = spawn("sink", args, env=self.env, stderr=self.stderr)
+        self.sink_child = spawn("sink", args, env=self.env, log_path=self._log("sink"),
+                            stderr=self.stderr)
         return self.sink_child
 
     def start_broker(self) -> Child:
         args = [*self._ep_args(), "--heartbeat-ms", str(self.heartbeat_interval_ms),
                 "--journal", str(self.broker_journal_dir), *self.broker_args]
-        self.broker_child = spawn("broker", args, env=self.env, stderr=self.stderr)
+        self.broker_child = spawn("broker", args, env=self.env, log_path=self._log("broker"),
+                              stderr=self.stderr)
         return self.broker_child
 
     def add_worker(self, *, prelude: str = "") -> Child:
         args = ["--app", self.app, "--credit", str(self.credit), "--namespace",
                 str(self.namespace), "--heartbeat-ms", str(self.heartbeat_interval_ms),
                 *self._ep_args()]
-        child = spawn("worker", args, env=self.env, prelude=prelude, stderr=self.stderr)
+        child = spawn("worker", args, env=self.env, prelude=prelude,
+                      log_path=self._log("worker"), stderr=self.stderr)
         self.worker_children.append(child)
         return child
+
+    def _log(self, role: str) -> str | None:
+        if self.log_dir is None:
+            return None
+        Path(self.log_dir).mkdir(parents=True, exist_ok=True)
+        return str(Path(self.log_dir) / f"{role}.log")
 
     def children(self) -> list[Child]:
         parts = [*self.worker_children, self.broker_child, self.sink_child]

@@ -42,6 +42,7 @@ from pipeline.replica import StateReplica
 log = logging.getLogger(__name__)
 
 AFTER_WAIT_S = 2.0  # run a task anyway if the replica has not caught up by then
+STALE_AFTER_S = 0.1  # waiting this long for an `after` version triggers a resync
 GATE_S = 0.2  # a key written by an undecided update stays gated at most this long
 RECONNECT_BASE_S = 0.1  # back-off before re-registering: base * 2^(n-1), jittered, capped
 RECONNECT_MAX_S = 5.0
@@ -231,44 +232,69 @@ class Worker:
         if task.get("after", 0) > self.replica.version and now - since < AFTER_WAIT_S:
             return False
         spec = self.specs.get(task["process"])
-        return spec is None or not self.gate.blocks(spec.keys, now)
+        return spec is None or not self.gate.blocks(spec, now)
 
     def _run_pending(self) -> None:
         if not self.replica.synced:
             return
-        updates, deferred, now = [], deque(), time.monotonic()
+        updates, ran, deferred, now = [], [], deque(), time.monotonic()
         while self.pending:
             since, task = self.pending.popleft()
             if not self._ready(since, task, now):
                 deferred.append((since, task))
                 continue
-            update = self.execute(task)
+            update = self.execute(task, check=False)
             self.gate.hold(update["task"], [*update["data"], *update["heavy"]], now + GATE_S)
             updates.append(update)
+            ran.append(task)
         self.pending = deferred
         if updates:
+            frames = self._encode(updates, ran)
             self.counters["tasks"] += len(updates)
             if self.on_batch is not None:
                 self.on_batch(updates)
-            self.updates.send_multipart(encode_updates(updates))
+            self.updates.send_multipart(frames)
             if not self._draining:
                 self._send_backend(Cmd.READY, {"credit": len(updates)})
 
-    def execute(self, task: dict[str, Any]) -> dict[str, Any]:
-        """Run one task; return its wire Update (or the error it raised)."""
+    def execute(self, task: dict[str, Any], *, check: bool = True) -> dict[str, Any]:
+        """Run one task; return its wire Update (or the error it raised). With `check`, a
+        result that cannot be encoded becomes the error; the batch path checks it once per
+        batch instead (`_encode`)."""
         started = time.perf_counter()
         try:
             update = self._run(task)
-            proto.pack(update)  # every value must cross the wire: fail here, not later
+            if check:
+                proto.pack(update)  # every value must cross the wire: fail here, not later
         except Exception as exc:  # the process's own failure is data for the sink
-            self.counters["errors"] += 1
-            log.info("task %s: process %s raised %s", task["id"], task["process"],
-                     type(exc).__name__, extra={"task": task["id"]})
-            update = error_update(task, exc, traceback.format_exc(limit=20))
+            update = self._failed(task, exc)
         update["worker"] = self.config.name
         update["args"] = task.get("args", {})
         update["run_us"] = int((time.perf_counter() - started) * 1e6)
         return update
+
+    def _failed(self, task: dict[str, Any], exc: Exception) -> dict[str, Any]:
+        self.counters["errors"] += 1
+        log.info("task %s: process %s raised %s", task["id"], task["process"],
+                 type(exc).__name__, extra={"task": task["id"]})
+        return error_update(task, exc, traceback.format_exc(limit=20))
+
+    def _encode(self, updates: list[dict[str, Any]], tasks: list[dict[str, Any]]) -> list[Any]:
+        """UPDATE frames for a batch. One encode for the whole batch; only when it fails is
+        each update encoded alone, and one that cannot cross the wire becomes its error."""
+        try:
+            return encode_updates(updates)
+        except Exception:  # some process returned a value msgpack cannot carry
+            for i, (update, task) in enumerate(zip(updates, tasks, strict=True)):
+                try:
+                    proto.pack(update)
+                except Exception as exc:
+                    bad = self._failed(task, exc)
+                    bad.update(worker=update["worker"], args=update["args"],
+                               run_us=update["run_us"])
+                    updates[i] = bad
+                    self.gate.release([task["id"]])  # it writes nothing now
+            return encode_updates(updates)
 
     def _run(self, task: dict[str, Any]) -> dict[str, Any]:
         spec = self.specs.get(task["process"])
@@ -293,6 +319,17 @@ class Worker:
         if not self.replica.synced and now - self._snapshot_sent > \
                 self.config.snapshot_timeout_ms / 1000:
             self.request_snapshot()
+        elif self.replica.synced and self._behind(now):
+            # A task waits for a version our replica has not seen: a commit event was
+            # missed (e.g. published while we were reconnecting to a restarted sink).
+            self.counters["resyncs"] += 1
+            self.request_snapshot()
+
+    def _behind(self, now: float) -> bool:
+        if now - self._snapshot_sent < STALE_AFTER_S:
+            return False
+        return any(task.get("after", 0) > self.replica.version and now - since > STALE_AFTER_S
+                   for since, task in self.pending)
 
     def _reregister(self, why: str) -> None:
         """Same connection, fresh registration: drop unrun tasks, READY with full credit."""
@@ -362,10 +399,11 @@ class KeyGate:
             for key in self._by_task.pop(tid, ()):
                 self._keys.pop(key, None)
 
-    def blocks(self, keys: frozenset[str], now: float) -> bool:
+    def blocks(self, spec: ProcessSpec, now: float) -> bool:
+        """Whether a key of `spec`'s contract is held (its key set is built only then)."""
         if not self._keys:
             return False
-        for key in keys:
+        for key in spec.keys:
             deadline = self._keys.get(key)
             if deadline is not None:
                 if deadline > now:

@@ -30,7 +30,10 @@ def _children() -> set[int]:
 
 
 def _our_shm() -> set[str]:
-    return {p.name for p in SHM.iterdir() if p.name.startswith("pipeline-")}
+    # Namespaces made by this test process carry its pid (Cluster: p<pid>-..., heavy tests:
+    # t-<pid>-...): other sessions' runs on the same machine are not ours to judge.
+    pid = f"{os.getpid()}-"
+    return {p.name for p in SHM.iterdir() if p.name.startswith("pipeline-") and pid in p.name}
 
 
 @pytest.fixture(autouse=True)

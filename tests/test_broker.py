@@ -214,12 +214,12 @@ def test_conflict_dispatches_again_with_next_attempt_and_after(net: Net) -> None
     net.decide(sink, decision("t1", "conflict", version=7, retry_after_ms=0))
     again = net.expect(worker, Cmd.DISPATCH)["tasks"]
     assert [(t["id"], t["attempt"], t["after"]) for t in again] == [("t1", 2, 7)]
-    net.decide(sink, decision("t1", "conflict", attempt=2, version=9, retry_after_ms=50))
+    net.decide(sink, decision("t1", "conflict", attempt=2, version=9, retry_after_ms=15))
     net.pump(lambda: net.broker.status()["delayed"] == 1)
-    net.clock.advance(0.049)
+    net.clock.advance(0.014)  # jitter only stretches the 15 ms delay
     net.broker.run_once(0)
     assert net.broker.status()["delayed"] == 1
-    net.clock.advance(0.002)
+    net.clock.advance(0.020)
     again = net.expect(worker, Cmd.DISPATCH)["tasks"]
     assert [(t["attempt"], t["after"]) for t in again] == [(3, 9)]
     net.decide(sink, decision("t1", attempt=2))  # an older attempt: counted, ignored
@@ -228,8 +228,8 @@ def test_conflict_dispatches_again_with_next_attempt_and_after(net: Net) -> None
     assert net.counter("decision.stale") == 1
 
 
-def test_conflicts_past_max_attempts_go_to_dead_letters(make_net: Callable[..., Net]) -> None:
-    net = make_net(max_attempts=2)
+def test_conflicts_past_their_budget_go_to_dead_letters(make_net: Callable[..., Net]) -> None:
+    net = make_net(max_conflicts=2)
     prod, sink = net.producer(), net.sink()
     net.submit(prod, task("t1"))
     worker = net.worker(["p"], credit=5)

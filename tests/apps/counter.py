@@ -39,3 +39,8 @@ def slow(ctx, seconds: float, tag: str) -> dict[str, Any]:
 def frame_sum(ctx) -> dict[str, Any]:
     frame = ctx.heavy["frame"]
     return {"frame_sum": float(frame.sum())}
+
+
+@process(inputs=[], outputs=["reading"])
+def measure(ctx, value: float) -> dict[str, Any]:
+    return {"reading": value}
