@@ -42,6 +42,7 @@ from pipeline.replica import StateReplica
 log = logging.getLogger(__name__)
 
 AFTER_WAIT_S = 2.0  # run a task anyway if the replica has not caught up by then
+STALE_AFTER_S = 0.1  # waiting this long for an `after` version triggers a resync
 GATE_S = 0.2  # a key written by an undecided update stays gated at most this long
 RECONNECT_BASE_S = 0.1  # back-off before re-registering: base * 2^(n-1), jittered, capped
 RECONNECT_MAX_S = 5.0
@@ -318,6 +319,17 @@ class Worker:
         if not self.replica.synced and now - self._snapshot_sent > \
                 self.config.snapshot_timeout_ms / 1000:
             self.request_snapshot()
+        elif self.replica.synced and self._behind(now):
+            # A task waits for a version our replica has not seen: a commit event was
+            # missed (e.g. published while we were reconnecting to a restarted sink).
+            self.counters["resyncs"] += 1
+            self.request_snapshot()
+
+    def _behind(self, now: float) -> bool:
+        if now - self._snapshot_sent < STALE_AFTER_S:
+            return False
+        return any(task.get("after", 0) > self.replica.version and now - since > STALE_AFTER_S
+                   for since, task in self.pending)
 
     def _reregister(self, why: str) -> None:
         """Same connection, fresh registration: drop unrun tasks, READY with full credit."""
