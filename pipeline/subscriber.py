@@ -11,6 +11,7 @@ holding every key.
 
 from __future__ import annotations
 
+import os
 import time
 from collections import deque
 from collections.abc import Iterator
@@ -39,10 +40,15 @@ class Change:
     def keys(self) -> list[str]:
         return list(self.values)
 
+    @property
+    def heavy_keys(self) -> list[str]:
+        """Keys whose value is a heavy array (open them with `Subscriber.array`)."""
+        return [k for k in self.values if k.startswith("heavy.")]
+
 
 class Subscriber:
     def __init__(self, events: str, sync: str | None = None, *, from_version: int | None = None,
-                 ctx: zmq.Context[Any] | None = None) -> None:
+                 namespace: str | None = None, ctx: zmq.Context[Any] | None = None) -> None:
         self.ctx = ctx or zmq.Context()
         self._own_ctx = ctx is None
         self.sub = self.ctx.socket(zmq.SUB)
@@ -56,13 +62,26 @@ class Subscriber:
             self.sync.setsockopt(zmq.LINGER, 0)
             self.sync.connect(sync)
         self.version = from_version if from_version is not None else -1
+        self.namespace = namespace or os.environ.get("PIPELINE_NAMESPACE", "default")
+        self._reader: Any = None
         self._queue: deque[Change] = deque()
         self._buffered: list[dict[str, Any]] = []
         self._resyncing = from_version is not None and self.sync is not None
         if self._resyncing:
             self._request_snapshot()
 
+    def array(self, change: Change, key: str) -> Any:
+        """A committed heavy value as a read-only zero-copy numpy array. The reader holds a
+        lease on the segment while the array lives, so the sink does not free it."""
+        if self._reader is None:
+            from pipeline.heavy import HeavyReader
+
+            self._reader = HeavyReader(self.namespace)
+        return self._reader.open_array(change.values[key])
+
     def close(self) -> None:
+        if self._reader is not None:
+            self._reader.close()
         self.sub.close()
         if self.sync is not None:
             self.sync.close()
