@@ -119,3 +119,18 @@ def test_error_classes(tmp_path: Path) -> None:
     blocker.write_text("")
     with pytest.raises(errors.JournalError):
         Engine(str(blocker / "j"))
+
+
+@pytest.mark.parametrize("strict", [False, True])
+def test_expect_is_checked_in_any_cas_mode(tmp_path: Path, strict: bool) -> None:
+    e = Engine(str(tmp_path / "j"), fsync="never", strict=strict)
+    e.register("p", [], ["a", "b"])
+    assert e.apply_batch([frame(update("t1", {"a": 0}, {"a": 1}, expect=0))])[0].status == \
+        "committed"
+    stale = e.apply_batch([frame(update("t2", {"b": 0}, {"b": 1}, base=1, expect=0))])[0]
+    assert (stale.status, stale.rule, stale.version) == ("conflict", "cas", 1)
+    assert stale.reason == "expected global version 0, current 1"
+    batch = e.apply_batch([frame(update("t3", {"b": 0}, {"b": 1}, base=1, expect=1),
+                                 update("t4", {"a": 1}, {"a": 2}, base=2, expect=None))])
+    assert [d.status for d in batch] == ["committed", "committed"]
+    e.close()

@@ -15,11 +15,20 @@ use crate::store::Store;
 use crate::update::{decode, FrameUpdates, Scratch, Update};
 
 /// Engine options.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct Config {
     pub fsync: Fsync,
     /// Strict mode: an update's `base` must equal the global version.
     pub strict: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            fsync: Fsync::Interval(std::time::Duration::from_millis(10)),
+            strict: false,
+        }
+    }
 }
 
 struct Contract {
@@ -373,8 +382,11 @@ impl Engine {
     /// Compare-and-swap; sets a conflict decision and returns true on a stale read.
     fn conflict(&self, u: &Update<'_>, s: &Scratch<'_>, d: &mut Decision) -> bool {
         let now = self.store.version;
-        let reason = match u.base {
-            Some(base) if self.strict && base != now => {
+        let reason = match (u.expect, u.base) {
+            (Some(expect), _) if expect != now => {
+                format!("expected global version {expect}, current {now}")
+            }
+            (_, Some(base)) if self.strict && base != now => {
                 format!("global version moved (base {base}, now {now})")
             }
             _ => match s

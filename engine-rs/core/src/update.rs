@@ -56,6 +56,8 @@ pub struct Update<'a> {
     pub attempt: u64,
     pub worker: &'a str,
     pub base: Option<u64>,
+    /// `expect`: commit only if the global version equals it (any CAS mode).
+    pub expect: Option<u64>,
     pub error: Option<ErrorInfo>,
     pub signals: Option<&'a [u8]>,
     pub tasks: Option<&'a [u8]>,
@@ -221,7 +223,8 @@ fn field<'a>(
         "attempt" => u.attempt = at("attempt", r.uint())?,
         "worker" => u.worker = at("worker", r.str())?,
         "reads" => reads(r, s)?,
-        "base" => u.base = base(r)?,
+        "base" => u.base = opt_uint(r, "base")?,
+        "expect" => u.expect = opt_uint(r, "expect")?,
         "args" => fields(r, "args", &mut s.args)?,
         "data" => fields(r, "data", &mut s.data)?,
         "heavy" => heavy(r, s)?,
@@ -240,9 +243,9 @@ fn field<'a>(
 }
 
 fn field_bit(name: &str) -> u32 {
-    const NAMES: [&str; 13] = [
+    const NAMES: [&str; 14] = [
         "task", "process", "attempt", "worker", "reads", "base", "args", "data", "heavy", "error",
-        "signals", "tasks", "run_us",
+        "signals", "tasks", "run_us", "expect",
     ];
     NAMES.iter().position(|n| *n == name).map_or(0, |i| 1 << i)
 }
@@ -256,11 +259,12 @@ fn reads<'a>(r: &mut Reader<'a>, s: &mut Scratch<'a>) -> Result<(), Malformed> {
     Ok(())
 }
 
-fn base(r: &mut Reader<'_>) -> Result<Option<u64>, Malformed> {
-    if at("base", r.try_nil())? {
+/// An int or nil.
+fn opt_uint(r: &mut Reader<'_>, field: &'static str) -> Result<Option<u64>, Malformed> {
+    if at(field, r.try_nil())? {
         return Ok(None);
     }
-    at("base", r.uint()).map(Some)
+    at(field, r.uint()).map(Some)
 }
 
 fn fields<'a>(
