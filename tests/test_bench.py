@@ -29,6 +29,7 @@ def test_throughput(capsys):
     r = _bench(capsys, "throughput", "--tasks", "300", "--workers", "1")
     _positive(r, ["tasks_per_s", "pool_tasks_per_s", "zmq_tasks_per_s", "broker_rss_mb",
                   "sink_rss_mb"])
+    assert set(r["cpu_us_per_task"]) == {"producer", "broker", "sink", "worker"}
 
 
 def test_latency(capsys):

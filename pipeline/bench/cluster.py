@@ -8,6 +8,7 @@ by status: a benchmark whose tasks were not all committed raises instead of prin
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 import threading
@@ -106,15 +107,39 @@ def submit_all(producer: Producer, process: str, args: dict[str, Any], tasks: in
 
 
 def throughput(cluster: Cluster, process: str, args: dict[str, Any], tasks: int,
-               warmup: int = 2000) -> float:
-    """Tasks per second, submit of the first to the decision of the last (all committed)."""
+               warmup: int = 2000, cpu: dict[str, float] | None = None) -> float:
+    """Tasks per second, submit of the first to the decision of the last (all committed).
+    With `cpu`, fill it with each role's CPU time per task in microseconds (user + system,
+    from /proc; the producer is this process)."""
     with Producer(cluster.endpoints.frontend) as producer:
         _check(submit_all(producer, process, args, warmup))
+        before = _cpu_times(cluster)
         t0 = time.perf_counter()
         decisions = submit_all(producer, process, args, tasks)
         elapsed = time.perf_counter() - t0
+        after = _cpu_times(cluster)
     _check(decisions)
+    if cpu is not None:
+        cpu.update({role: round((after[role] - before[role]) / tasks * 1e6, 2)
+                    for role in before})
     return tasks / elapsed
+
+
+def _cpu_times(cluster: Cluster) -> dict[str, float]:
+    """CPU seconds (user + system) per role; workers summed."""
+    out = {"producer": time.process_time()}
+    for child in cluster.children():
+        out[child.role] = out.get(child.role, 0.0) + cpu_seconds(child.pid)
+    return out
+
+
+def cpu_seconds(pid: int) -> float:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def latencies(cluster: Cluster, process: str, tasks: int, warmup: int = 200) -> list[float]:

@@ -24,11 +24,13 @@ def throughput(tasks: int, workers: int) -> dict[str, Any]:
     zmq = baselines.zmq_throughput("small", {}, tasks, workers)
     with cluster.running(workers) as c:
         pids = {"broker": _pid(c.broker_child), "sink": _pid(c.sink_child)}
+        cpu: dict[str, float] = {}
         with cluster.RssSampler(pids) as rss:
-            tput = cluster.throughput(c, "small", {}, tasks)
+            tput = cluster.throughput(c, "small", {}, tasks, cpu=cpu)
     return {"workers": workers, "tasks_per_s": tput, "pool_tasks_per_s": pool,
             "zmq_tasks_per_s": zmq, "vs_pool": tput / pool, "vs_zmq": tput / zmq,
-            "broker_rss_mb": rss.max_mb["broker"], "sink_rss_mb": rss.max_mb["sink"]}
+            "broker_rss_mb": rss.max_mb["broker"], "sink_rss_mb": rss.max_mb["sink"],
+            "cpu_us_per_task": cpu}
 
 
 def latency(tasks: int, workers: int) -> dict[str, Any]:

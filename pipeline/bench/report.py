@@ -24,6 +24,8 @@ def print_table(result: dict[str, Any]) -> None:
 
 
 def _fmt(value: Any) -> str:
+    if isinstance(value, dict):
+        return ", ".join(f"{k} {_fmt(v)}" for k, v in value.items())
     if isinstance(value, list):
         return ", ".join(_fmt(v) for v in value)
     if isinstance(value, float):
