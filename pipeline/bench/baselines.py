@@ -16,13 +16,13 @@ from __future__ import annotations
 import contextlib
 import multiprocessing as mp
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 import msgpack
@@ -139,9 +139,7 @@ class ZmqPipeline:
         self.push.close(0)
         self.pull.close(0)
         self.ctx.term()
-        for name in ("tasks", "results"):
-            Path(self._dir, name).unlink(missing_ok=True)
-        os.rmdir(self._dir)
+        shutil.rmtree(self._dir, ignore_errors=True)
 
     def throughput(self, process: str, args: dict[str, Any], tasks: int) -> float:
         """Tasks per second: all sent as fast as the sockets take them, all results read."""
