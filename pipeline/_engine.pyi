@@ -5,7 +5,7 @@ Errors raised are the classes of `pipeline.errors` (JournalError, JournalCorrupt
 RecipeError, EngineError), never a bare Exception.
 """
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Literal
 
 __version__: str
@@ -60,6 +60,15 @@ class Batch:
     @property
     def malformed(self) -> list[str]:
         """A short reason for every update that could not be decoded (it has no decision)."""
+    @property
+    def heavy_committed(self) -> list[tuple[str, bytes]]:
+        """(key, descriptor msgpack bytes) of every heavy write committed, in commit order:
+        the sink takes ownership of these segments."""
+    @property
+    def heavy_dropped(self) -> list[bytes]:
+        """Descriptor bytes of the heavy writes of updates that did not commit (rejected,
+        failed, conflict, blocked, duplicate), for the sink to free. A descriptor that is a
+        key's committed value is never listed."""
     def __len__(self) -> int: ...
     def __getitem__(self, index: int) -> Decision: ...
 
@@ -77,10 +86,18 @@ class Engine:
         replay it to rebuild the state and the de-duplication table."""
     def register(self, process: str, inputs: Sequence[str], outputs: Sequence[str]) -> None:
         """Declare a process's contract (keys it may read and write)."""
-    def apply_batch(self, frames: Sequence[bytes]) -> Batch:
+    def apply_batch(
+        self, frames: Sequence[bytes], vetted: Mapping[bytes, str | None] | None = None
+    ) -> Batch:
         """Decide every update in `frames` (each an UPDATE header `{"updates": [...]}`):
-        decode, de-duplicate, check contract, audit, compare-and-swap, commit, journal.
-        Runs without the GIL."""
+        decode, de-duplicate, check contract, vet heavy descriptors, audit, compare-and-swap,
+        commit, journal. Runs without the GIL.
+
+        `vetted` maps the exact msgpack bytes of each heavy descriptor (as it appears as a
+        value of an update's `heavy` map) to None (the sink found it valid) or the reason it
+        is not. An update with a heavy descriptor missing from `vetted` (or any, when
+        `vetted` is None) or vetted with a reason is rejected with rule "heavy" (counted as
+        a contract failure)."""
     def snapshot(self) -> bytes:
         """msgpack SNAPSHOT header `{"version": int, "state": {key: [version, value]}}`."""
     def get(self, key: str) -> tuple[int, bytes] | None:

@@ -134,3 +134,30 @@ def test_expect_is_checked_in_any_cas_mode(tmp_path: Path, strict: bool) -> None
                                  update("t4", {"a": 1}, {"a": 2}, base=2, expect=None))])
     assert [d.status for d in batch] == ["committed", "committed"]
     e.close()
+
+
+def seg_desc(seg: str, n: int) -> dict:
+    return {"seg": seg, "off": 4096, "len": 8 * n, "dtype": "<f8", "shape": [n],
+            "strides": [8], "gen": 1}
+
+
+def test_heavy_writes_are_vetted_by_the_sink(tmp_path: Path) -> None:
+    e = Engine(str(tmp_path / "j"), fsync="never")
+    e.register("p", [], ["heavy.x", "heavy.y"])
+    good, bad = seg_desc("s1", 4), {"inline": b"\0" * 8, "dtype": "<f8", "shape": [1]}
+    unknown = seg_desc("s3", 2)
+    ups = [update("t1", {"heavy.x": 0}, {}, heavy={"heavy.x": good}),
+           update("t2", {"heavy.y": 0}, {}, heavy={"heavy.y": bad}),
+           update("t3", {"heavy.y": 0}, {}, heavy={"heavy.y": unknown})]
+    vetted = {msgpack.packb(good): None, msgpack.packb(bad): "len 8 does not match"}
+    batch = e.apply_batch([frame(*ups)], vetted)
+    assert [(d.status, d.rule, d.reason) for d in batch] == [
+        ("committed", None, ""), ("rejected", "heavy", "heavy.y: len 8 does not match"),
+        ("rejected", "heavy", "heavy descriptor for heavy.y was not vetted by the sink")]
+    assert batch.heavy_committed == [("heavy.x", msgpack.packb(good))]
+    assert batch.heavy_dropped == [msgpack.packb(bad), msgpack.packb(unknown)]
+    fresh = seg_desc("s5", 1)
+    again = e.apply_batch([frame(update("t4", {"heavy.y": 0}, {}, heavy={"heavy.y": fresh}))])
+    assert (again[0].status, again.heavy_dropped) == ("rejected", [msgpack.packb(fresh)])
+    assert unpack(e.snapshot())["state"] == {"heavy.x": [1, good]}
+    e.close()

@@ -8,7 +8,7 @@ use pipeline_core as core;
 use pipeline_core::EngineError as CoreError;
 use pyo3::exceptions::PyIndexError;
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PySequence};
+use pyo3::types::{PyBytes, PyMapping, PySequence};
 
 mod errors {
     pyo3::import_exception!(pipeline.errors, JournalError);
@@ -135,6 +135,17 @@ impl Batch {
     fn malformed(&self) -> Vec<String> {
         self.out.malformed.clone()
     }
+    #[getter]
+    fn heavy_committed<'py>(&self, py: Python<'py>) -> Vec<(&str, Bound<'py, PyBytes>)> {
+        let list = self.out.heavy_committed.iter();
+        list.map(|(k, d)| (k.as_str(), PyBytes::new(py, d)))
+            .collect()
+    }
+    #[getter]
+    fn heavy_dropped<'py>(&self, py: Python<'py>) -> Vec<Bound<'py, PyBytes>> {
+        let list = self.out.heavy_dropped.iter();
+        list.map(|d| PyBytes::new(py, d)).collect()
+    }
     fn __len__(&self) -> usize {
         self.out.decisions.len()
     }
@@ -187,6 +198,19 @@ fn owned_frames(frames: &Bound<'_, PyAny>) -> PyResult<Vec<Vec<u8>>> {
     Ok(out)
 }
 
+/// The sink's verdicts on heavy descriptors: `{descriptor bytes: None | reason}`.
+fn owned_vetted(vetted: Option<&Bound<'_, PyAny>>) -> PyResult<core::Vetted> {
+    let mut out = core::Vetted::default();
+    let Some(vetted) = vetted.filter(|v| !v.is_none()) else {
+        return Ok(out);
+    };
+    for item in vetted.cast::<PyMapping>()?.items()?.iter() {
+        let (desc, reason): (Bound<'_, PyBytes>, Option<String>) = item.extract()?;
+        out.insert(desc.as_bytes().to_vec(), reason);
+    }
+    Ok(out)
+}
+
 fn fsync_policy(policy: &str, interval_ms: u64) -> Result<core::Fsync, CoreError> {
     match policy {
         "always" => Ok(core::Fsync::Always),
@@ -234,9 +258,20 @@ impl Engine {
         self.with(py, |e| e.register(process, &inputs, &outputs))
     }
 
-    fn apply_batch(&self, py: Python<'_>, frames: &Bound<'_, PyAny>) -> PyResult<Batch> {
+    #[pyo3(signature = (frames, vetted = None))]
+    fn apply_batch(
+        &self,
+        py: Python<'_>,
+        frames: &Bound<'_, PyAny>,
+        vetted: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Batch> {
         let frames = owned_frames(frames)?;
-        let out = without_gil(py, || self.lock().and_then(|mut e| e.apply_batch(&frames)));
+        let vetted = owned_vetted(vetted)?;
+        let apply = || {
+            self.lock()
+                .and_then(|mut e| e.apply_batch_vetted(&frames, &vetted))
+        };
+        let out = without_gil(py, apply);
         let out = out.map_err(|e| to_py(py, e))?;
         let decisions = PyBytes::new(py, &out.decisions_msg).unbind();
         let events = out

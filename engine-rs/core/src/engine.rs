@@ -49,6 +49,10 @@ pub struct BatchOut {
     pub stop: Option<String>,
     pub newly_blocked: Vec<(String, String)>,
     pub malformed: Vec<String>,
+    /// (key, descriptor bytes) of every heavy write committed, in commit order.
+    pub heavy_committed: Vec<(String, Vec<u8>)>,
+    /// The descriptors of updates not committed (the sink frees their segments).
+    pub heavy_dropped: Vec<Vec<u8>>,
 }
 
 impl BatchOut {
@@ -57,6 +61,17 @@ impl BatchOut {
             self.newly_blocked.push((process.to_owned(), reason));
         }
     }
+}
+
+/// What the sink's own validation said of each heavy descriptor it saw (the exact msgpack
+/// bytes of the descriptor): None when valid, else the reason.
+pub type Vetted = FxMap<Vec<u8>, Option<String>>;
+
+/// Per-batch inputs shared by every decision of the batch.
+struct Ctx<'v> {
+    now_ms: u64,
+    now_us: u64,
+    vetted: &'v Vetted,
 }
 
 pub struct Engine {
@@ -190,10 +205,21 @@ impl Engine {
         res
     }
 
-    /// Decide every update of every frame, in order; one journal write for the batch.
+    /// `apply_batch_vetted` with no heavy descriptor vetted (any heavy write is rejected).
     pub fn apply_batch(&mut self, frames: &[Vec<u8>]) -> Result<BatchOut> {
+        self.apply_batch_vetted(frames, &Vetted::default())
+    }
+
+    /// Decide every update of every frame, in order; one journal write for the batch.
+    /// `vetted` holds the sink's verdict on each heavy descriptor (see [`Vetted`]).
+    pub fn apply_batch_vetted(&mut self, frames: &[Vec<u8>], vetted: &Vetted) -> Result<BatchOut> {
         self.usable()?;
         let (now_ms, now_us) = now();
+        let ctx = Ctx {
+            now_ms,
+            now_us,
+            vetted,
+        };
         let mut out = BatchOut::default();
         self.decisions.clear();
         self.events.clear();
@@ -210,7 +236,7 @@ impl Engine {
             let mut ui = 0;
             while let Some(raw) = updates.next_raw() {
                 match raw.and_then(|raw| decode(raw, &mut u, &mut scratch)) {
-                    Ok(()) => self.decide_one(&u, &scratch, (now_ms, now_us), &mut out),
+                    Ok(()) => self.decide_one(&u, &scratch, &ctx, &mut out),
                     Err(m) => out.malformed.push(format!("frame {fi} update {ui}: {m}")),
                 }
                 ui += 1;
@@ -228,28 +254,36 @@ impl Engine {
         }
     }
 
-    fn decide_one(&mut self, u: &Update<'_>, s: &Scratch<'_>, now: (u64, u64), out: &mut BatchOut) {
-        let d = self.decide(u, s, now, out);
+    fn decide_one(&mut self, u: &Update<'_>, s: &Scratch<'_>, ctx: &Ctx<'_>, out: &mut BatchOut) {
+        let d = self.decide(u, s, ctx, out);
+        if d.status != Status::Committed {
+            self.drop_heavy(s, out);
+        }
         d.encode(&mut self.decisions);
         out.decisions.push(d);
     }
 
-    fn decide(
-        &mut self,
-        u: &Update<'_>,
-        s: &Scratch<'_>,
-        now: (u64, u64),
-        out: &mut BatchOut,
-    ) -> Decision {
+    /// Hand the descriptors of an update that did not commit back to the sink to free (never
+    /// one that is a key's committed value: a redelivered duplicate carries those).
+    fn drop_heavy(&self, s: &Scratch<'_>, out: &mut BatchOut) {
+        for h in &s.heavy {
+            if self.store.state.get(h.key).map(|slot| slot.value.as_slice()) != Some(h.raw) {
+                out.heavy_dropped.push(h.raw.to_vec());
+            }
+        }
+    }
+
+    fn decide(&mut self, u: &Update<'_>, s: &Scratch<'_>, ctx: &Ctx<'_>, out: &mut BatchOut) -> Decision {
         if let Some(dup) = self.store.duplicate(u.task) {
             return dup;
         }
+        let now = (ctx.now_ms, ctx.now_us);
         let process = match self.contracts.get(u.process) {
             Some(c) => c.name.clone(),
             None => Arc::from(u.process),
         };
         let mut d = Decision::new(Arc::from(u.task), process, u.attempt, Status::Committed);
-        let notes = self.judge(u, s, now.0, &mut d, out);
+        let notes = self.judge(u, s, ctx, &mut d, out);
         if let Some(notes) = &notes {
             if self.conflict(u, s, &mut d) {
                 self.count(Failure::Conflict, &mut d, now.0, out);
@@ -269,10 +303,11 @@ impl Engine {
         &mut self,
         u: &Update<'_>,
         s: &Scratch<'_>,
-        now: u64,
+        ctx: &Ctx<'_>,
         d: &mut Decision,
         out: &mut BatchOut,
     ) -> Option<Vec<Finding>> {
+        let now = ctx.now_ms;
         if let Some(reason) = &self.stopped {
             d.status = Status::Blocked;
             d.reason = format!("pipeline stopped: {reason}");
@@ -290,6 +325,11 @@ impl Engine {
         }
         if let Err(reason) = self.contract(u, s) {
             (d.status, d.reason, d.rule) = (Status::Rejected, reason, Some("contract".into()));
+            self.count(Failure::Contract, d, now, out);
+            return None;
+        }
+        if let Err(reason) = vet(s, ctx.vetted) {
+            (d.status, d.reason, d.rule) = (Status::Rejected, reason, Some("heavy".into()));
             self.count(Failure::Contract, d, now, out);
             return None;
         }
@@ -411,6 +451,9 @@ impl Engine {
         d.version = self.store.apply(s);
         self.audit.success(&d.process);
         out.commits += 1;
+        for h in &s.heavy {
+            out.heavy_committed.push((h.key.to_owned(), h.raw.to_vec()));
+        }
         self.encode_event(u, s, d);
     }
 
@@ -467,6 +510,23 @@ impl Engine {
         });
         self.store.dedup.insert(d.task.clone(), d.to_final());
     }
+}
+
+/// Every heavy descriptor must have been vetted by the sink, and found valid.
+fn vet(s: &Scratch<'_>, vetted: &Vetted) -> std::result::Result<(), String> {
+    for h in &s.heavy {
+        match vetted.get(h.raw) {
+            None => {
+                return Err(format!(
+                    "heavy descriptor for {} was not vetted by the sink",
+                    h.key
+                ))
+            }
+            Some(Some(reason)) => return Err(format!("{}: {reason}", h.key)),
+            Some(None) => {}
+        }
+    }
+    Ok(())
 }
 
 /// A written key that has no read version (a blind write), if any.

@@ -11,7 +11,7 @@ pub mod store;
 pub mod update;
 
 pub use decision::{Decision, Status};
-pub use engine::{BatchOut, Config, Engine};
+pub use engine::{BatchOut, Config, Engine, Vetted};
 pub use error::{EngineError, Result};
 pub use journal::{verify, Fsync};
 

@@ -18,12 +18,27 @@ pub struct ErrorInfo {
     pub traceback: String,
 }
 
+/// Where a heavy array's bytes are: in a shared-memory segment, or inline in the update.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Loc<'a> {
+    /// `{seg, off, len, gen, ...}`: bytes `[off, off + len)` of the segment file `seg`.
+    Segment {
+        seg: &'a str,
+        off: u64,
+        len: u64,
+        gen: u64,
+    },
+    /// `{inline: bin, ...}`: the array's bytes.
+    Inline(&'a [u8]),
+}
+
 /// A heavy write: its key, its raw Descriptor and the parts the auditor looks at.
 pub struct HeavyRef<'a> {
     pub key: &'a str,
     pub raw: &'a [u8],
     pub dtype: &'a str,
     pub shape: std::ops::Range<usize>,
+    pub loc: Loc<'a>,
 }
 
 /// The borrowed, variable-length parts of one update; reused from one update to the next.
@@ -285,42 +300,86 @@ fn heavy<'a>(r: &mut Reader<'a>, s: &mut Scratch<'a>) -> Result<(), Malformed> {
         let key = key(r, "heavy")?;
         let raw = at("heavy", r.raw())?;
         let start = s.shapes.len();
-        let dtype = descriptor(raw, &mut s.shapes)?;
+        let (dtype, loc) = descriptor(raw, &mut s.shapes)?;
         s.heavy.push(HeavyRef {
             key,
             raw,
             dtype,
             shape: start..s.shapes.len(),
+            loc,
         });
     }
     Ok(())
 }
 
-/// Check a Descriptor's fields and types; returns its dtype and appends its shape.
-fn descriptor<'a>(raw: &'a [u8], shapes: &mut Vec<u64>) -> Result<&'a str, Malformed> {
+/// Descriptor fields, one bit each (`ns`, optional, has none).
+const D_SEG: u8 = 1;
+const D_OFF: u8 = 2;
+const D_LEN: u8 = 4;
+const D_GEN: u8 = 8;
+const D_DTYPE: u8 = 16;
+const D_SHAPE: u8 = 32;
+const D_STRIDES: u8 = 64;
+const D_INLINE: u8 = 128;
+const SEGMENT_FORM: u8 = D_SEG | D_OFF | D_LEN | D_GEN | D_DTYPE | D_SHAPE | D_STRIDES;
+const INLINE_FORM: u8 = D_INLINE | D_DTYPE | D_SHAPE;
+
+/// Check a Descriptor's fields and types (the segment form `{seg, off, len, dtype, shape,
+/// strides, gen}` or the inline form `{inline, dtype, shape}`, either with an optional `ns`);
+/// returns its dtype and location, and appends its shape.
+fn descriptor<'a>(raw: &'a [u8], shapes: &mut Vec<u64>) -> Result<(&'a str, Loc<'a>), Malformed> {
     const F: &str = "heavy descriptor";
     let bad = |why| Malformed {
         field: "heavy",
         why,
     };
     let mut r = Reader::new(raw);
-    let (mut dtype, mut seen) = ("", 0u8);
+    let (mut dtype, mut seg, mut inline, mut seen) = ("", "", &[][..], 0u8);
+    let (mut off, mut len, mut gen) = (0, 0, 0);
     for _ in 0..at(F, r.map_len())? {
-        match at(F, r.str())? {
-            "seg" => seen |= at(F, r.str()).map(|_| 1)?,
-            "off" => seen |= at(F, r.uint()).map(|_| 2)?,
-            "len" => seen |= at(F, r.uint()).map(|_| 4)?,
-            "gen" => seen |= at(F, r.uint()).map(|_| 8)?,
-            "dtype" => (dtype, seen) = (at(F, r.str())?, seen | 16),
-            "shape" => seen |= dims(&mut r, Some(shapes)).map(|_| 32)?,
-            "strides" => seen |= dims(&mut r, None).map(|_| 64)?,
-            _ => return Err(bad("unknown descriptor field")),
+        let bit = match at(F, r.str())? {
+            "seg" => {
+                seg = at(F, r.str())?;
+                D_SEG
+            }
+            "off" => {
+                off = at(F, r.uint())?;
+                D_OFF
+            }
+            "len" => {
+                len = at(F, r.uint())?;
+                D_LEN
+            }
+            "gen" => {
+                gen = at(F, r.uint())?;
+                D_GEN
+            }
+            "dtype" => {
+                dtype = at(F, r.str())?;
+                D_DTYPE
+            }
+            "shape" if seen & D_SHAPE == 0 => dims(&mut r, Some(shapes)).map(|_| D_SHAPE)?,
+            "strides" => dims(&mut r, None).map(|_| D_STRIDES)?,
+            "inline" => {
+                inline = at(F, r.bin())?;
+                D_INLINE
+            }
+            "ns" => at(F, r.str()).map(|_| 0)?,
+            _ => return Err(bad("unknown or repeated descriptor field")),
+        };
+        if seen & bit != 0 {
+            return Err(bad("unknown or repeated descriptor field"));
         }
+        seen |= bit;
     }
-    if seen != 127 || dtype.is_empty() || dtype.contains('O') {
+    if dtype.is_empty() || dtype.contains('O') {
         return Err(bad("incomplete descriptor or bad dtype"));
     }
-    Ok(dtype)
+    match seen {
+        SEGMENT_FORM => Ok((dtype, Loc::Segment { seg, off, len, gen })),
+        INLINE_FORM => Ok((dtype, Loc::Inline(inline))),
+        _ => Err(bad("incomplete descriptor or bad dtype")),
+    }
 }
 
 fn dims(r: &mut Reader<'_>, mut out: Option<&mut Vec<u64>>) -> Result<(), Malformed> {

@@ -37,3 +37,131 @@ fn expect_must_be_an_int_or_nil() {
     let out = e.apply_batch(&[frame(vec![bad])]).unwrap();
     assert_eq!(out.malformed, ["frame 0 update 0: expect: expected int"]);
 }
+
+fn seg_desc(seg: &str, off: u64, n: u64) -> Value {
+    map(vec![
+        ("seg", s(seg)),
+        ("off", Value::from(off)),
+        ("len", Value::from(n * 8)),
+        ("dtype", s("<f8")),
+        ("shape", Value::Array(vec![Value::from(n)])),
+        ("strides", Value::Array(vec![Value::from(8)])),
+        ("gen", Value::from(1)),
+    ])
+}
+
+fn inline_desc(values: &[f64]) -> Value {
+    let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+    map(vec![
+        ("inline", Value::Binary(bytes)),
+        ("dtype", s("<f8")),
+        ("shape", Value::Array(vec![Value::from(values.len() as u64)])),
+    ])
+}
+
+fn heavy_update(task: &str, read: u64, key: &str, desc: &Value) -> Value {
+    let mut u = update(task, &[(key, read)], &[], vec![]);
+    if let Value::Map(m) = &mut u {
+        m.push((s("heavy"), map(vec![(key, desc.clone())])));
+    }
+    u
+}
+
+fn vetted(entries: &[(&Value, Option<&str>)]) -> pipeline_core::Vetted {
+    entries
+        .iter()
+        .map(|(d, r)| (pack(d), r.map(str::to_owned)))
+        .collect()
+}
+
+#[test]
+fn heavy_writes_need_the_sinks_vetting() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut e = open_with(dir.path(), config(false), None);
+    let (good, bad, unknown) = (seg_desc("s1", 4096, 4), inline_desc(&[1.0]), seg_desc("s3", 4096, 1));
+    let v = vetted(&[(&good, None), (&bad, Some("len 8 does not match"))]);
+    let batch = vec![
+        heavy_update("t1", 0, "heavy.x", &good),
+        heavy_update("t2", 0, "heavy.y", &bad),
+        heavy_update("t3", 0, "heavy.y", &unknown),
+        heavy_update("t4", 0, "heavy.x", &seg_desc("s4", 4096, 2)),
+    ];
+    let out = e.apply_batch_vetted(&[frame(batch)], &v).unwrap();
+    let got: Vec<_> = out
+        .decisions
+        .iter()
+        .map(|d| (d.status, d.rule.as_deref(), d.reason.as_str()))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (Status::Committed, None, ""),
+            (Status::Rejected, Some("heavy"), "heavy.y: len 8 does not match"),
+            (
+                Status::Rejected,
+                Some("heavy"),
+                "heavy descriptor for heavy.y was not vetted by the sink"
+            ),
+            (
+                Status::Rejected,
+                Some("heavy"),
+                "heavy descriptor for heavy.x was not vetted by the sink"
+            ),
+        ]
+    );
+    assert_eq!(out.heavy_committed, [("heavy.x".to_string(), pack(&good))]);
+    let four = pack(&seg_desc("s4", 4096, 2));
+    assert_eq!(out.heavy_dropped, [pack(&bad), pack(&unknown), four]);
+    assert_eq!(e.get("heavy.x").map(|(v, b)| (v, b.to_vec())), Some((1, pack(&good))));
+}
+
+#[test]
+fn heavy_of_conflicts_and_duplicates_is_dropped_but_never_a_committed_value() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut e = open_with(dir.path(), config(false), None);
+    let (a, b) = (inline_desc(&[1.0, 2.0]), seg_desc("s2", 8192, 3));
+    let v = vetted(&[(&a, None), (&b, None)]);
+    let batch = vec![
+        heavy_update("t1", 0, "heavy.x", &a),
+        heavy_update("t2", 0, "heavy.x", &b),
+        heavy_update("t1", 0, "heavy.x", &a),
+    ];
+    let out = e.apply_batch_vetted(&[frame(batch)], &v).unwrap();
+    let st: Vec<_> = out.decisions.iter().map(|d| d.status).collect();
+    assert_eq!(st, [Status::Committed, Status::Conflict, Status::Duplicate]);
+    assert_eq!(out.heavy_committed.len(), 1);
+    assert_eq!(out.heavy_dropped, [pack(&b)]);
+}
+
+#[test]
+fn descriptors_of_both_forms_are_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut e = open_with(dir.path(), config(false), None);
+    let mut with_ns = seg_desc("s1", 4096, 1);
+    if let Value::Map(m) = &mut with_ns {
+        m.push((s("ns"), s("demo")));
+    }
+    let mut mixed = inline_desc(&[1.0]);
+    if let Value::Map(m) = &mut mixed {
+        m.push((s("seg"), s("s1")));
+    }
+    let mut object = inline_desc(&[1.0]);
+    if let Value::Map(m) = &mut object {
+        m[1].1 = s("|O");
+    }
+    let frames = [
+        frame(vec![heavy_update("t1", 0, "heavy.x", &with_ns)]),
+        frame(vec![heavy_update("t2", 0, "heavy.x", &mixed)]),
+        frame(vec![heavy_update("t3", 0, "heavy.x", &object)]),
+    ];
+    let out = e.apply_batch_vetted(&frames, &vetted(&[(&with_ns, None)])).unwrap();
+    assert_eq!(out.decisions.len(), 1);
+    assert_eq!(out.commits, 1);
+    assert_eq!(
+        out.malformed,
+        [
+            "frame 1 update 0: heavy: incomplete descriptor or bad dtype",
+            "frame 2 update 0: heavy: incomplete descriptor or bad dtype"
+        ]
+    );
+}
