@@ -516,6 +516,9 @@ class Broker:
         if credit < 0:
             raise DecodeError("header-field:credit")
         w = self._workers.get(identity)
+        if w is not None and "processes" in msg.header:  # it starts over: a fresh READY
+            self._evict(w, "re-registered")
+            w = None
         if w is None:
             w = self._register(identity, msg.header)
         w.credit = min(w.credit + credit, self.config.max_worker_credit)
@@ -595,7 +598,10 @@ class Broker:
         if entry is None:
             self.counters["decision.unknown"] += 1
             return
-        if entry.worker is None or d["attempt"] != entry.task["attempt"]:
+        # A duplicate carries the original attempt's number: it is final whatever attempt
+        # is in flight now (after a sink or broker restart the task was dispatched again).
+        if entry.worker is None or (d["attempt"] != entry.task["attempt"]
+                                    and d["status"] != "duplicate"):
             self.counters["decision.stale"] += 1
             return
         w = self._workers.get(entry.worker)
