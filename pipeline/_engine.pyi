@@ -81,9 +81,15 @@ class Engine:
         fsync_interval_ms: int = 10,
         strict: bool = False,
         recipes: str | None = None,
+        heavy_dir: str | None = None,
     ) -> None:
         """Open (or create) the journal in `journal_dir`, verify it, truncate a torn tail and
-        replay it to rebuild the state and the de-duplication table."""
+        replay it to rebuild the state and the de-duplication table.
+
+        `heavy_dir` is the heavy namespace directory (`/dev/shm/pipeline-<ns>`): for a process
+        whose rules read array bytes (finite, min, max, checksum) the engine maps each vetted
+        segment read-only from there, re-checking name, header, generation and bounds; without
+        it such rules reject segment arrays (rule "heavy"). Inline arrays need no directory."""
     def register(self, process: str, inputs: Sequence[str], outputs: Sequence[str]) -> None:
         """Declare a process's contract (keys it may read and write)."""
     def apply_batch(
@@ -111,6 +117,12 @@ class Engine:
     def tick(self) -> None:
         """Housekeeping: fsync if the interval policy is due."""
     def close(self) -> None: ...
+
+def scan_f64(buffer: object) -> tuple[bool, float, float]:
+    """(finite, min, max) of a C-contiguous buffer of float64 (any object with the buffer
+    protocol), scanned in one pass split across cores without the GIL. min and max skip NaN
+    (NaN for an empty buffer); ValueError for a strided buffer or a byte length that is not
+    a multiple of 8."""
 
 def verify_journal(journal_dir: str) -> tuple[int, int | None, str | None]:
     """Check a journal's checksums and hash chain. Returns (records_ok, first_bad_index,

@@ -161,3 +161,53 @@ def test_heavy_writes_are_vetted_by_the_sink(tmp_path: Path) -> None:
     assert (again[0].status, again.heavy_dropped) == ("rejected", [msgpack.packb(fresh)])
     assert unpack(e.snapshot())["state"] == {"heavy.x": [1, good]}
     e.close()
+
+
+ARRAY_RECIPE = """
+[process.p]
+max_threshold = 10
+rules = [{ name = "x-range", field = "heavy.x", finite = true, min = 0.0, max = 10.0 }]
+"""
+
+
+def test_array_rules_read_the_real_segment_bytes(tmp_path: Path) -> None:
+    import numpy as np
+
+    from pipeline.heavy import names
+    from pipeline.heavy.allocator import HeavyAllocator
+
+    recipe = tmp_path / "audit.toml"
+    recipe.write_text(ARRAY_RECIPE)
+    alloc = HeavyAllocator("enginetest", root=tmp_path, inline_threshold_bytes=1024)
+    heavy_dir = names.namespace_dir("enginetest", tmp_path)
+    e = Engine(str(tmp_path / "j"), fsync="never", recipes=str(recipe), heavy_dir=str(heavy_dir))
+    e.register("p", [], ["heavy.x"])
+    good = alloc.alloc((1000,))
+    good[:] = np.linspace(0, 10, 1000)
+    bad = alloc.alloc((1000,))
+    bad[:] = 1.0
+    bad[999] = np.nan
+    descs = [alloc.export(good), alloc.export(bad), alloc.export(np.array([11.0]))]
+    assert "inline" in descs[2] and descs[0]["off"] >= 4096
+    ups = [update(f"t{i}", {"heavy.x": 0}, {}, heavy={"heavy.x": d}) for i, d in enumerate(descs)]
+    batch = e.apply_batch([frame(*ups)], {msgpack.packb(d): None for d in descs})
+    assert [(d.status, d.rule) for d in batch] == [
+        ("committed", None), ("rejected", "x-range"), ("rejected", "x-range")]
+    e.close()
+    alloc.close()
+
+
+def test_scan_f64_reads_any_contiguous_buffer() -> None:
+    import numpy as np
+
+    from pipeline._engine import scan_f64
+
+    a = np.arange(1_000_000, dtype=np.float64) - 5
+    assert scan_f64(a) == (True, -5.0, 999_994.0)
+    assert scan_f64(memoryview(a.tobytes())) == (True, -5.0, 999_994.0)
+    a[7] = np.inf
+    assert scan_f64(a)[0] is False
+    with pytest.raises(ValueError):
+        scan_f64(a[::2])
+    with pytest.raises(ValueError):
+        scan_f64(b"abc")

@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use pipeline_core as core;
 use pipeline_core::EngineError as CoreError;
-use pyo3::exceptions::PyIndexError;
+use pyo3::buffer::PyUntypedBuffer;
+use pyo3::exceptions::{PyIndexError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyMapping, PySequence};
 
@@ -225,7 +226,7 @@ fn fsync_policy(policy: &str, interval_ms: u64) -> Result<core::Fsync, CoreError
 #[pymethods]
 impl Engine {
     #[new]
-    #[pyo3(signature = (journal_dir, *, fsync = "interval", fsync_interval_ms = 10, strict = false, recipes = None))]
+    #[pyo3(signature = (journal_dir, *, fsync = "interval", fsync_interval_ms = 10, strict = false, recipes = None, heavy_dir = None))]
     fn new(
         py: Python<'_>,
         journal_dir: &str,
@@ -233,11 +234,13 @@ impl Engine {
         fsync_interval_ms: u64,
         strict: bool,
         recipes: Option<&str>,
+        heavy_dir: Option<&str>,
     ) -> PyResult<Self> {
         let open = || -> Result<core::Engine, CoreError> {
             let config = core::Config {
                 fsync: fsync_policy(fsync, fsync_interval_ms)?,
                 strict,
+                heavy_dir: heavy_dir.map(Into::into),
             };
             let audit = core::make_audit(recipes.map(Path::new))?;
             core::Engine::open(Path::new(journal_dir), config, audit)
@@ -330,6 +333,33 @@ fn verify_journal(
     without_gil(py, || core::verify(Path::new(journal_dir))).map_err(|e| to_py(py, e))
 }
 
+/// (finite, min, max) of a C-contiguous buffer of little-endian float64, scanned by the
+/// engine's array-rule code (split across cores) without the GIL. min/max are NaN for an
+/// empty buffer.
+#[pyfunction]
+fn scan_f64(py: Python<'_>, buffer: &Bound<'_, PyAny>) -> PyResult<(bool, f64, f64)> {
+    let buf = PyUntypedBuffer::get(buffer)?;
+    if !buf.is_c_contiguous() || buf.len_bytes() % 8 != 0 {
+        return Err(PyValueError::new_err(
+            "scan_f64 needs a C-contiguous buffer of float64 (a whole number of 8-byte items)",
+        ));
+    }
+    let (ptr, len) = (buf.buf_ptr() as usize, buf.len_bytes());
+    let stats = without_gil(py, || {
+        // SAFETY: `buf` holds the exporter's buffer (and a reference to it) until it drops at
+        // the end of this function, so `ptr..ptr + len` stays valid and C-contiguous while the
+        // scan runs; the scan only reads. A Python thread writing into the same buffer during
+        // the scan could change the figures, not memory safety of this read of plain bytes.
+        let data = unsafe { std::slice::from_raw_parts(ptr as *const u8, len) };
+        core::audit::scan_f64(data)
+    });
+    drop(buf);
+    if stats.count == 0 {
+        return Ok((true, f64::NAN, f64::NAN));
+    }
+    Ok((stats.finite, stats.min, stats.max))
+}
+
 #[pymodule]
 fn _engine(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
@@ -337,5 +367,6 @@ fn _engine(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Batch>()?;
     m.add_class::<Decision>()?;
     m.add_function(wrap_pyfunction!(verify_journal, m)?)?;
+    m.add_function(wrap_pyfunction!(scan_f64, m)?)?;
     Ok(())
 }

@@ -80,6 +80,7 @@ fn main() {
         Config {
             fsync,
             strict: false,
+            ..Config::default()
         },
         audit,
     )

@@ -101,6 +101,11 @@ pub trait Audit: Send {
     fn unblock(&mut self, process: &str) -> bool;
     /// The processes blocked now.
     fn blocked(&self) -> Vec<String>;
+    /// Whether the process has rules that read array bytes (finite, min, max, checksum):
+    /// only then does the engine map heavy segments for it.
+    fn reads_array_data(&self, _process: &str) -> bool {
+        false
+    }
 }
 
 /// The auditor used when no recipe is configured: every update passes, nothing blocks.

@@ -1,7 +1,7 @@
 //! The decision pipeline: dedup -> admit -> error -> contract -> audit -> CAS -> commit,
 //! with one group commit to the journal per batch.
 use std::collections::HashSet;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -9,10 +9,11 @@ use crate::audit_api::{ArrayField, Audit, AuditInput, Failure, Finding, Level, V
 use crate::decision::{Decision, Status};
 use crate::error::{EngineError, Result};
 use crate::fxhash::{FxMap, FxSet};
+use crate::heavy::{map_segment, Mapped};
 use crate::journal::{Fsync, Journal};
 use crate::msgpack::put;
 use crate::store::Store;
-use crate::update::{decode, FrameUpdates, Scratch, Update};
+use crate::update::{decode, FrameUpdates, Loc, Scratch, Update};
 
 /// Engine options.
 #[derive(Clone, Debug)]
@@ -20,6 +21,9 @@ pub struct Config {
     pub fsync: Fsync,
     /// Strict mode: an update's `base` must equal the global version.
     pub strict: bool,
+    /// The heavy namespace directory (`/dev/shm/pipeline-<ns>`): segment descriptors are
+    /// mapped from here when a process has rules that read array bytes.
+    pub heavy_dir: Option<PathBuf>,
 }
 
 impl Default for Config {
@@ -27,6 +31,7 @@ impl Default for Config {
         Config {
             fsync: Fsync::Interval(std::time::Duration::from_millis(10)),
             strict: false,
+            heavy_dir: None,
         }
     }
 }
@@ -80,6 +85,7 @@ pub struct Engine {
     contracts: FxMap<Box<str>, Contract>,
     audit: Box<dyn Audit>,
     strict: bool,
+    heavy_dir: Option<PathBuf>,
     stopped: Option<String>,
     unusable: Option<String>,
     decisions: Vec<u8>,
@@ -119,6 +125,7 @@ impl Engine {
             contracts: FxMap::default(),
             audit,
             strict: config.strict,
+            heavy_dir: config.heavy_dir,
             stopped: None,
             unusable: None,
             decisions: Vec::new(),
@@ -344,14 +351,26 @@ impl Engine {
         d: &mut Decision,
         out: &mut BatchOut,
     ) -> Option<Vec<Finding>> {
+        let mapped = match self.map_arrays(u, s) {
+            Ok(mapped) => mapped,
+            Err(reason) => {
+                (d.status, d.reason, d.rule) = (Status::Rejected, reason, Some("heavy".into()));
+                self.count(Failure::Contract, d, now, out);
+                return None;
+            }
+        };
         let arrays: Vec<ArrayField<'_>> = s
             .heavy
             .iter()
-            .map(|h| ArrayField {
+            .zip(&mapped)
+            .map(|(h, m)| ArrayField {
                 name: h.key,
                 dtype: h.dtype,
                 shape: &s.shapes[h.shape.clone()],
-                data: None,
+                data: match h.loc {
+                    Loc::Inline(bytes) => Some(bytes),
+                    Loc::Segment { .. } => m.as_ref().map(Mapped::bytes),
+                },
             })
             .collect();
         let input = AuditInput {
@@ -377,6 +396,27 @@ impl Engine {
             out.block(u.process, reason);
         }
         None
+    }
+
+    /// Map the segment bytes of each heavy write, when the process has rules that read them
+    /// (one entry per heavy write; None where nothing is mapped).
+    fn map_arrays(&self, u: &Update<'_>, s: &Scratch<'_>) -> std::result::Result<Vec<Option<Mapped>>, String> {
+        let wanted = !s.heavy.is_empty() && self.audit.reads_array_data(u.process);
+        let mut out = Vec::with_capacity(s.heavy.len());
+        for h in &s.heavy {
+            let Loc::Segment { seg, off, len, gen } = h.loc else {
+                out.push(None);
+                continue;
+            };
+            match (&self.heavy_dir, wanted) {
+                (_, false) => out.push(None),
+                (None, true) => return Err(format!("{}: no heavy directory to map {seg} from", h.key)),
+                (Some(dir), true) => {
+                    out.push(Some(map_segment(dir, seg, off, len, gen).map_err(|e| format!("{}: {e}", h.key))?));
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// Count a non-rule failure with the auditor; mark the decision if it blocks.

@@ -5,6 +5,7 @@ pub mod decision;
 pub mod engine;
 pub mod error;
 pub mod fxhash;
+pub mod heavy;
 pub mod journal;
 pub mod msgpack;
 pub mod store;

@@ -77,6 +77,7 @@ fn open(dir: &Path, strict: bool) -> Engine {
     let config = Config {
         fsync: Fsync::Never,
         strict,
+        ..Config::default()
     };
     let mut e = Engine::open(dir, config, make_audit(None).unwrap()).unwrap();
     let keys = |ks: &[&str]| ks.iter().map(|k| k.to_string()).collect::<Vec<_>>();
@@ -330,6 +331,7 @@ fn flipped_byte_mid_journal_is_corruption_naming_the_record() {
             Config {
                 fsync: Fsync::Never,
                 strict: false,
+                ..Config::default()
             },
             make_audit(None).unwrap(),
         )
@@ -358,6 +360,7 @@ fn fsync_policies_all_commit() {
             Config {
                 fsync,
                 strict: false,
+                ..Config::default()
             },
             make_audit(None).unwrap(),
         )
@@ -436,6 +439,7 @@ fn audit_reject_block_unblock_and_stop() {
     let config = Config {
         fsync: Fsync::Never,
         strict: false,
+        ..Config::default()
     };
     let mut e = Engine::open(dir.path(), config, Box::new(Scripted::default())).unwrap();
     e.register("p", &[], &["a".into()]).unwrap();

@@ -165,3 +165,89 @@ fn descriptors_of_both_forms_are_checked() {
         ]
     );
 }
+
+const ARRAY_RECIPE: &str = r#"
+[process.p]
+max_threshold = 10
+
+[[process.p.rules]]
+name = "x-range"
+field = "heavy.x"
+finite = true
+max = 10.0
+"#;
+
+fn write_segment(dir: &std::path::Path, name: &str, gen: u64, values: &[f64]) {
+    let mut b = b"PLHEAVY1".to_vec();
+    b.extend_from_slice(&gen.to_le_bytes());
+    b.extend_from_slice(&4096u64.to_le_bytes());
+    b.resize(4096, 0);
+    b.extend(values.iter().flat_map(|v| v.to_le_bytes()));
+    b.resize(8192, 0);
+    std::fs::write(dir.join(name), b).unwrap();
+}
+
+#[test]
+fn array_rules_read_segment_and_inline_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let shm = tempfile::tempdir().unwrap();
+    write_segment(shm.path(), "ok", 1, &[1.0, 2.0, 3.0, 4.0]);
+    write_segment(shm.path(), "big", 1, &[1.0, 2.0, 30.0, 4.0]);
+    write_segment(shm.path(), "nan", 1, &[1.0, f64::NAN, 3.0, 4.0]);
+    let cfg = pipeline_core::Config {
+        heavy_dir: Some(shm.path().to_path_buf()),
+        ..config(false)
+    };
+    let mut e = open_with(&dir.path().join("j"), cfg, Some(ARRAY_RECIPE));
+    let descs = [
+        seg_desc("ok", 4096, 4),
+        seg_desc("big", 4096, 4),
+        seg_desc("nan", 4096, 4),
+        inline_desc(&[11.0]),
+        map(vec![
+            ("seg", s("ok")),
+            ("off", Value::from(4096)),
+            ("len", Value::from(32)),
+            ("dtype", s("<f8")),
+            ("shape", Value::Array(vec![Value::from(4)])),
+            ("strides", Value::Array(vec![Value::from(8)])),
+            ("gen", Value::from(7)),
+        ]),
+    ];
+    let v = vetted(&descs.iter().map(|d| (d, None)).collect::<Vec<_>>());
+    let ups = descs
+        .iter()
+        .enumerate()
+        .map(|(i, d)| heavy_update(&format!("t{i}"), 0, "heavy.x", d))
+        .collect();
+    let out = e.apply_batch_vetted(&[frame(ups)], &v).unwrap();
+    let got: Vec<_> = out
+        .decisions
+        .iter()
+        .map(|d| (d.status, d.rule.clone().unwrap_or_default()))
+        .collect();
+    let rule = |r: &str| (Status::Rejected, r.to_string());
+    assert_eq!(
+        got,
+        [
+            (Status::Committed, String::new()),
+            rule("x-range"),
+            rule("x-range"),
+            rule("x-range"),
+            rule("heavy"),
+        ]
+    );
+    assert!(out.decisions[4].reason.contains("stale generation"), "{}", out.decisions[4].reason);
+}
+
+#[test]
+fn without_a_heavy_dir_array_rules_fail_closed() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut e = open_with(&dir.path().join("j"), config(false), Some(ARRAY_RECIPE));
+    let d = seg_desc("ok", 4096, 4);
+    let out = e
+        .apply_batch_vetted(&[frame(vec![heavy_update("t1", 0, "heavy.x", &d)])], &vetted(&[(&d, None)]))
+        .unwrap();
+    assert_eq!(out.decisions[0].rule.as_deref(), Some("heavy"));
+    assert_eq!(out.decisions[0].reason, "heavy.x: no heavy directory to map ok from");
+}

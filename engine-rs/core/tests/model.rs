@@ -79,6 +79,7 @@ fn open(dir: &std::path::Path) -> Engine {
     let config = Config {
         fsync: Fsync::Never,
         strict: false,
+        ..Config::default()
     };
     let mut e = Engine::open(dir, config, make_audit(None).expect("audit")).expect("open");
     let keys: Vec<String> = KEYS.iter().map(|k| k.to_string()).collect();

@@ -71,7 +71,7 @@ impl ArrayConds {
     }
 
     /// Whether any condition needs the array's bytes.
-    fn reads_data(&self) -> bool {
+    pub(crate) fn reads_data(&self) -> bool {
         self.finite == Some(true)
             || self.min.is_some()
             || self.max.is_some()

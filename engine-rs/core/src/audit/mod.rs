@@ -366,6 +366,13 @@ impl Audit for Auditor {
         true
     }
 
+    fn reads_array_data(&self, process: &str) -> bool {
+        let rules = &self.recipes.get(process).rules;
+        rules
+            .iter()
+            .any(|r| matches!(&r.check, cond::Check::Array(a) if a.reads_data()))
+    }
+
     fn blocked(&self) -> Vec<String> {
         let mut names: Vec<String> = self
             .states
