@@ -25,13 +25,17 @@ import zmq
 
 from pipeline import protocol as proto
 from pipeline._engine import Batch, Engine
-from pipeline.api import ProcessSpec, load_app
+from pipeline.api import HEAVY_PREFIX, ProcessSpec, load_app
 from pipeline.config import SinkConfig
-from pipeline.errors import DecodeError
+from pipeline.errors import DecodeError, HeavyError
+from pipeline.heavy import HeavyStore
+from pipeline.heavy.names import namespace_dir
 from pipeline.protocol import Cmd
 from pipeline.security import apply_curve, stamp_identity
 
 log = logging.getLogger(__name__)
+
+RECLAIM_INTERVAL_S = 5.0
 
 
 class Sink:
@@ -41,9 +45,14 @@ class Sink:
         self.specs = specs if specs is not None else load_app(config.app)
         self.engine = Engine(config.journal_dir, fsync=config.fsync,  # type: ignore[arg-type]
                              fsync_interval_ms=config.fsync_interval_ms,
-                             strict=config.strict, recipes=config.recipes)
+                             strict=config.strict, recipes=config.recipes,
+                             heavy_dir=str(namespace_dir(config.namespace)))
         for spec in self.specs.values():
             self.engine.register(spec.name, list(spec.inputs), list(spec.outputs))
+        self.heavy = HeavyStore(config.namespace)
+        self._vetted: dict[bytes, str | None] = {}
+        self._reattach()
+        self._next_reclaim = time.monotonic() + RECLAIM_INTERVAL_S
         self.ctx = ctx or zmq.Context()
         self._own_ctx = ctx is None
         self.counters: dict[str, int] = {"updates": 0, "commits": 0, "batches": 0}
@@ -78,9 +87,18 @@ class Sink:
             sock.connect(endpoint)
         return sock
 
+    def _reattach(self) -> None:
+        """After a restart, adopt the committed heavy segments, then free orphans."""
+        state = proto.unpack(self.engine.snapshot())["state"]
+        descs = {k: v[1] for k, v in state.items() if k.startswith(HEAVY_PREFIX)}
+        for key, reason in self.heavy.reattach(descs).items():
+            log.error("sink: committed heavy value %s is lost: %s", key, reason)
+        self.heavy.reclaim()
+
     def close(self) -> None:
         self.engine.flush()
         self.engine.close()
+        self.heavy.close()
         for sock in (self.updates, self.events, self.sync, self.control):
             sock.close(linger=2000)
         if self._own_ctx:
@@ -107,6 +125,9 @@ class Sink:
             else:
                 self._drain_control()
         self.engine.tick()
+        if time.monotonic() >= self._next_reclaim:
+            self.heavy.reclaim()
+            self._next_reclaim = time.monotonic() + RECLAIM_INTERVAL_S
 
     def _on_updates(self) -> None:
         frames = []
@@ -136,10 +157,31 @@ class Sink:
         except DecodeError as exc:
             self._count_malformed(exc.reason)
             return None
+        if len(msg) > 2:
+            self._vet(msg[2])
         return msg[1]
 
+    def _vet(self, index: bytes) -> None:
+        """Validate the heavy descriptors a worker lists in frame 2 of an UPDATE. The engine
+        commits a heavy value only if its descriptor was vetted here without a reason."""
+        try:
+            descs = proto.unpack(index)
+        except DecodeError as exc:
+            self._count_malformed(exc.reason)
+            return
+        for desc in descs if isinstance(descs, list) else ():
+            try:
+                self.heavy.validate(desc)
+                reason = None
+            except HeavyError as exc:
+                reason = str(exc)
+                self._count_malformed("heavy-descriptor")
+            self._vetted[proto.pack(desc)] = reason
+
     def _decide(self, frames: list[bytes]) -> None:
-        batch = self.engine.apply_batch(frames)
+        vetted, self._vetted = self._vetted, {}
+        batch = self.engine.apply_batch(frames, vetted or None)
+        self._settle_heavy(batch, vetted)
         self.counters["batches"] += 1
         self.counters["updates"] += len(batch)
         self.counters["commits"] += batch.commits
@@ -149,6 +191,19 @@ class Sink:
             self.events.send_multipart(proto.encode_raw(Cmd.COMMIT, batch.events))
         self._send_control(proto.encode_raw(Cmd.DECISION, batch.decisions))
         self._after_batch(batch)
+
+    def _settle_heavy(self, batch: Batch, vetted: dict[bytes, str | None]) -> None:
+        """Take ownership of committed segments (superseding older ones); free the rest,
+        but only those whose descriptor passed vetting: a forged descriptor naming someone
+        else's segment must not get it freed."""
+        for key, desc in batch.heavy_committed:
+            try:
+                self.heavy.commit(key, proto.unpack(desc))
+            except HeavyError as exc:
+                log.error("sink: committed heavy value %s could not be adopted: %s", key, exc)
+        for desc in batch.heavy_dropped:
+            if desc in vetted and vetted[desc] is None:
+                self.heavy.reject(proto.unpack(desc))
 
     def _after_batch(self, batch: Batch) -> None:
         for process, reason in batch.newly_blocked:
@@ -222,6 +277,7 @@ class Sink:
             "role": "sink", "version": self.engine.version, "blocked": self.engine.blocked(),
             "counters": dict(self.counters), "malformed": dict(self.malformed),
             "time": time.time(), "journal_bytes": _dir_bytes(self.config.journal_dir),
+            "heavy": self.heavy.stats(),
         }
 
 

@@ -43,7 +43,8 @@ log = logging.getLogger(__name__)
 
 AFTER_WAIT_S = 2.0  # run a task anyway if the replica has not caught up by then
 STALE_AFTER_S = 0.1  # waiting this long for an `after` version triggers a resync
-GATE_S = 0.2  # a key written by an undecided update stays gated at most this long
+GATE_S = 0.2
+STUCK_REPORT_S = 5.0  # a key written by an undecided update stays gated at most this long
 RECONNECT_BASE_S = 0.1  # back-off before re-registering: base * 2^(n-1), jittered, capped
 RECONNECT_MAX_S = 5.0
 DRAIN_S = 10.0  # the most a graceful stop spends finishing held tasks
@@ -60,6 +61,7 @@ class Worker:
         self._own_ctx = ctx is None
         self.pending: deque[tuple[float, dict[str, Any]]] = deque()
         self.gate = KeyGate()
+        self._stuck_reported = 0.0
         self.counters: dict[str, int] = {"tasks": 0, "errors": 0, "resyncs": 0, "malformed": 0}
         self._buffered: list[dict[str, Any]] = []
         # Called with each batch of updates sent (pipeline.metrics.WorkerMetrics.on_batch).
@@ -319,11 +321,24 @@ class Worker:
         if not self.replica.synced and now - self._snapshot_sent > \
                 self.config.snapshot_timeout_ms / 1000:
             self.request_snapshot()
-        elif self.replica.synced and self._behind(now):
+        self._report_stuck(now)
+        if self.replica.synced and self._behind(now):
             # A task waits for a version our replica has not seen: a commit event was
             # missed (e.g. published while we were reconnecting to a restarted sink).
             self.counters["resyncs"] += 1
             self.request_snapshot()
+
+    def _report_stuck(self, now: float) -> None:
+        """Say so when held tasks have waited long: an operator sees why in the log."""
+        if not self.pending or now - self.pending[0][0] < STUCK_REPORT_S or \
+                now < self._stuck_reported + STUCK_REPORT_S:
+            return
+        self._stuck_reported = now
+        since, task = self.pending[0]
+        log.warning("worker %s: %d tasks waiting, oldest %.1fs (after=%s, replica v%d, "
+                    "synced=%s, gated=%d keys)", self.config.name, len(self.pending),
+                    now - since, task.get("after", 0), self.replica.version,
+                    self.replica.synced, len(self.gate))
 
     def _behind(self, now: float) -> bool:
         if now - self._snapshot_sent < STALE_AFTER_S:
@@ -385,6 +400,9 @@ class KeyGate:
     def __init__(self) -> None:
         self._keys: dict[str, float] = {}
         self._by_task: dict[str, list[str]] = {}
+
+    def __len__(self) -> int:
+        return len(self._keys)
 
     def hold(self, task_id: str, keys: list[str], deadline: float) -> None:
         if keys:
