@@ -14,9 +14,9 @@ import sys
 import time
 from typing import Any
 
-MODES = ("throughput", "latency", "scaling", "engine")
+MODES = ("throughput", "latency", "scaling", "engine", "heavy")
 DEFAULT_TASKS = {"throughput": 100_000, "latency": 10_000, "scaling": 2_000,
-                 "engine": 1_000_000}
+                 "engine": 1_000_000, "heavy": 5}
 
 
 def register(sub: Any) -> None:
@@ -31,6 +31,8 @@ def register(sub: Any) -> None:
                         "every core)")
     p.add_argument("--scan-mb", type=int, default=100,
                    help="engine: size of the float64 array scanned (MB)")
+    p.add_argument("--sizes", default="1,10,100",
+                   help="heavy: array sizes in MB, comma-separated (--tasks: runs per size)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_bench)
 
@@ -46,7 +48,14 @@ def cmd_bench(args: argparse.Namespace) -> int:
     machine = _machine()
     result: dict[str, Any] = {"mode": args.mode, "tasks": tasks}
     t0 = time.perf_counter()
-    result.update(modes.run(args.mode, tasks, workers, scan_bytes=args.scan_mb * 1_000_000))
+    if args.mode == "heavy":
+        from pipeline.bench.heavy import run_heavy
+
+        sizes = tuple(int(x) for x in args.sizes.split(","))
+        result.update(run_heavy(tasks, sizes))
+    else:
+        result.update(modes.run(args.mode, tasks, workers,
+                                scan_bytes=args.scan_mb * 1_000_000))
     result["elapsed_s"] = round(time.perf_counter() - t0, 2)
     machine["loadavg_after"] = os.getloadavg()[0]
     result["machine"] = machine
