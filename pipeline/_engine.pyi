@@ -6,19 +6,23 @@ RecipeError, EngineError), never a bare Exception.
 """
 
 from collections.abc import Mapping, Sequence
-from typing import Literal
+from typing import Literal, final
 
+__all__ = ["Batch", "Decision", "Engine", "__version__", "scan_f64", "verify_journal"]
 __version__: str
 
-Status = Literal["committed", "rejected", "conflict", "duplicate", "blocked", "failed"]
+# Private: a typing-only alias (the extension has no such attribute).
+_Status = Literal["committed", "rejected", "conflict", "duplicate", "blocked", "failed"]
 
+# Every class is a frozen #[pyclass]: it cannot be subclassed (hence @final).
+@final
 class Decision:
     """One typed decision (see docs/PROTOCOL.md, Decision)."""
 
     @property
     def task(self) -> str: ...
     @property
-    def status(self) -> Status: ...
+    def status(self) -> _Status: ...
     @property
     def process(self) -> str: ...
     @property
@@ -40,6 +44,7 @@ class Decision:
     @property
     def error_message(self) -> str | None: ...
 
+@final
 class Batch:
     """The outcome of one `Engine.apply_batch` call."""
 
@@ -70,11 +75,12 @@ class Batch:
         failed, conflict, blocked, duplicate), for the sink to free. A descriptor that is a
         key's committed value is never listed."""
     def __len__(self) -> int: ...
-    def __getitem__(self, index: int) -> Decision: ...
+    def __getitem__(self, index: int, /) -> Decision: ...
 
+@final
 class Engine:
-    def __init__(
-        self,
+    def __new__(
+        cls,
         journal_dir: str,
         *,
         fsync: Literal["always", "interval", "never"] = "interval",
@@ -82,7 +88,7 @@ class Engine:
         strict: bool = False,
         recipes: str | None = None,
         heavy_dir: str | None = None,
-    ) -> None:
+    ) -> Engine:
         """Open (or create) the journal in `journal_dir`, verify it, truncate a torn tail and
         replay it to rebuild the state and the de-duplication table.
 

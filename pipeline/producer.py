@@ -104,7 +104,8 @@ class Producer:
                task_id: str | None = None, **args: Any) -> TaskHandle:
         """Publish one task. `heavy` attaches numpy arrays (sent as shared-memory
         descriptors); `task_id` makes a resubmission idempotent."""
-        return self.submit_many(process, [args], heavy=heavy, task_ids=task_id and [task_id])[0]
+        ids = [task_id] if task_id else None
+        return self.submit_many(process, [args], heavy=heavy, task_ids=ids)[0]
 
     def submit_many(self, process: str, args_list: Iterable[Mapping[str, Any]], *,
                     heavy: Mapping[str, Any] | None = None,
@@ -159,7 +160,7 @@ class Producer:
             self._resend(list(self.unacked.values()))
         return n
 
-    def _on_monitor(self, event: dict[str, Any]) -> None:
+    def _on_monitor(self, event: Mapping[str, Any]) -> None:
         if event["event"] == zmq.EVENT_DISCONNECTED:
             self._lost = True
         elif event["event"] == zmq.EVENT_CONNECTED and self._lost:

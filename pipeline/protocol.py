@@ -100,7 +100,8 @@ _packer = msgpack.Packer(use_bin_type=True)
 
 def pack(obj: Any) -> bytes:
     """msgpack-encode one value (bin type for bytes, str for text)."""
-    return _packer.pack(obj)
+    data: bytes = _packer.pack(obj)
+    return data
 
 
 def unpack(data: bytes | memoryview) -> Any:
@@ -172,7 +173,8 @@ def split_envelope(frames: list[Any]) -> tuple[bytes, list[Any]]:
     """Split a ROUTER-received message into (identity, frames)."""
     if len(frames) < 3:
         raise DecodeError("too-few-frames")
-    return _bytes(frames[0]), frames[1:]
+    ident = _bytes(frames[0])
+    return (ident if isinstance(ident, bytes) else ident.tobytes()), frames[1:]
 
 
 def error(code: str, reason: str) -> list[Any]:
@@ -180,6 +182,9 @@ def error(code: str, reason: str) -> list[Any]:
     return encode(Cmd.ERROR, header)
 
 
-def _bytes(frame: Any) -> bytes:
-    # zmq.Frame exposes .bytes; plain bytes pass through.
-    return frame if isinstance(frame, bytes | memoryview) else frame.bytes
+def _bytes(frame: Any) -> bytes | memoryview:
+    # zmq.Frame exposes .bytes; plain bytes and memoryviews pass through (no copy).
+    if isinstance(frame, bytes | memoryview):
+        return frame
+    data: bytes = frame.bytes
+    return data
