@@ -4,10 +4,13 @@
     backend   workers (DEALER):   READY, HEARTBEAT, DISCONNECT <-> DISPATCH, HEARTBEAT
     control   sink and admins:    HELLO, DECISION, BLOCKED, UNBLOCKED, STATUS_REQ -> STATUS
 
-Each `run_once` pass polls, drains what is ready (control first: decisions free work),
-commits the task journal (one write + fsync for every task received in the pass) and only
-then answers the SUBMITs, then does housekeeping: due retries, worker liveness and task
-leases, credit-based dispatch, RESULT batches, journal compaction.
+Each `run_once` pass polls, drains what is ready (control first: decisions free work), does
+housekeeping (due retries, worker liveness and task leases, credit-based dispatch, RESULT
+batches, journal compaction), then writes the task journal (one write for the pass). The
+fsync runs in the journal's own thread; the SUBMIT answers wait for the fsync that covers
+their tasks and go out in the first pass after it (the thread wakes the poller through a
+pipe). Tasks are dispatched at once, before they are durable: a producer that gets no
+ACCEPTED resends under the same id, and the sink de-duplicates by id.
 A task stays with the broker from SUBMIT until the sink decides it; conflicts come back with
 attempt + 1 after a jittered back-off, blocked processes are parked, lost workers' tasks are
 queued again; past the process's attempt limit a task goes to the dead-letter queue.
@@ -21,7 +24,7 @@ import math
 import random
 import threading
 import time
-from collections import Counter, OrderedDict
+from collections import Counter, OrderedDict, deque
 from collections.abc import Callable
 from typing import Any, TypeGuard
 
@@ -29,7 +32,7 @@ import zmq
 
 from brokers.config import BrokerConfig
 from brokers.dlq import MAX_LIST, DeadLetters, clean_task, letter
-from brokers.journal import Replayed, TaskJournal
+from brokers.journal import MAX_RECORD_BYTES, Replayed, TaskJournal
 from brokers.state import Entry, TaskQueues, Worker
 from pipeline.errors import DecodeError
 from pipeline.protocol import SUPPORTED_VERSIONS, Cmd, Message, check_task, decode, encode, error
@@ -41,6 +44,7 @@ STATUSES = FINAL | {"conflict", "blocked"}
 MAX_ID_CHARS = 256
 MAX_PROCESSES = 1024
 STOP_CHECK_MS = 100
+RAW_RECORD_MAX = MAX_RECORD_BYTES // 2  # a bigger header is journaled record by record
 _DECIDED = {s: f"decided.{s}" for s in STATUSES}  # counter keys, built once
 
 Handler = Callable[[bytes, Message], None]
@@ -76,8 +80,12 @@ class Broker:
         self._workers: dict[bytes, Worker] = {}
         self._results: dict[bytes, list[dict[str, Any]]] = {}
         self._dlq = DeadLetters()
-        # answers that wait for this pass's journal write: (socket, identity, frames)
+        # answers that wait for this pass's journal write: (socket, identity, frames), then
+        # (write sequence number, answers) until the fsync that covers the write is done
         self._acks: list[tuple[zmq.Socket[Any], bytes, list[Any]]] = []
+        self._waiting: deque[tuple[int, list[tuple[zmq.Socket[Any], bytes, list[Any]]]]] = \
+            deque()
+        self._raw = b""  # frame 1 (the header bytes) of the message being handled
         self._rng = random.Random()
         self._recent_max = config.recent_decided
         self.counters: Counter[str] = Counter()
@@ -109,6 +117,9 @@ class Broker:
                 compact_min_records=config.journal_compact_min_records,
                 compact_ratio=config.journal_compact_ratio)
             self._restore(self._journal.replay())
+        self._wake_fd = None if self._journal is None else self._journal.wake_fd
+        if self._wake_fd is not None:
+            self._poller.register(self._wake_fd, zmq.POLLIN)
 
     def _restore(self, state: Replayed) -> None:
         """Queue the journal's undecided tasks again; restore dead letters and decisions."""
@@ -156,7 +167,8 @@ class Broker:
         self._closed = True
         self._commit_journal()
         if self._journal is not None:
-            self._journal.close()
+            self._journal.close()  # everything written is durable now
+            self._release_acks(self._journal.durable)
         for sock in (self.frontend, self.backend, self.control):
             sock.close(linger=self.config.linger_ms)
         if self._own_ctx:
@@ -188,17 +200,30 @@ class Broker:
         for sock in (self.control, self.backend, self.frontend):
             if ready.get(sock):
                 handled += self._drain(sock)
+        if self._wake_fd is not None and ready.get(self._wake_fd):
+            self._journal.drain_wakeups()  # type: ignore[union-attr]
+        self._housekeeping()  # dispatch first: a lone task does not wait for the disk
         self._commit_journal()
-        self._housekeeping()
         return handled
 
     def _commit_journal(self) -> None:
-        """Group commit: one write (+ fsync) for the pass, then the held SUBMIT answers."""
-        if self._journal is not None:
-            self._journal.commit()
-        acks, self._acks = self._acks, []
-        for sock, identity, frames in acks:
-            self._send(sock, identity, frames)
+        """Group commit: one write for the pass (the fsync thread makes it durable); send
+        the held answers whose writes an fsync has covered."""
+        j = self._journal
+        if j is None:
+            return
+        j.commit()
+        if self._acks:
+            self._waiting.append((j.wanted, self._acks))
+            self._acks = []
+        if self._waiting:
+            self._release_acks(j.durable)
+
+    def _release_acks(self, durable: int) -> None:
+        waiting = self._waiting
+        while waiting and waiting[0][0] <= durable:
+            for sock, identity, frames in waiting.popleft()[1]:
+                self._send(sock, identity, frames)
 
     def next_timeout_ms(self) -> int:
         """Poll timeout: min(heartbeat, time to the next deadline), never negative."""
@@ -227,6 +252,7 @@ class Broker:
         identity = frames[0]
         try:
             msg = decode(frames[1:])
+            self._raw = frames[2]
             handler = table.get(msg.cmd)
             if handler is None:
                 raise DecodeError(f"unexpected-command:{msg.cmd.name}")
@@ -371,10 +397,8 @@ class Broker:
         return True
 
     # -- tasks leaving the broker ---------------------------------------------------------
-    def _finish(self, entry: Entry, decision: dict[str, Any], *, journal: bool = True) -> None:
+    def _finish(self, entry: Entry, decision: dict[str, Any]) -> None:
         del self._entries[entry.id]
-        if journal and self._journal is not None:
-            self._journal.decided(decision)
         recent = self._recent
         recent[entry.id] = decision
         if len(recent) > self._recent_max:
@@ -429,7 +453,7 @@ class Broker:
         self.counters["dead_lettered"] += 1
         log.warning("task %s dead-lettered: %s", entry.id, why,
                     extra={"task": entry.id, "proc": entry.process})
-        self._finish(entry, decision, journal=False)
+        self._finish(entry, decision)
 
     def _evict(self, w: Worker, why: str) -> None:
         if self._workers.pop(w.identity, None) is None:
@@ -452,7 +476,8 @@ class Broker:
         busy: list[str] = []
         invalid: dict[str, list[str]] = {}
         room = self.config.max_queue - len(self._entries)
-        for task in msg.header["tasks"]:
+        tasks, fresh = msg.header["tasks"], []
+        for task in tasks:
             problem = _task_problem(task)
             if problem is not None:
                 invalid.setdefault(problem, []).append(_task_id(task))
@@ -462,8 +487,11 @@ class Broker:
                 busy.append(task["id"])
             else:
                 room -= 1
-                self._enqueue(task, producer)
+                fresh.append(task)
+                self._enqueue(task, producer, journal=False)
                 accepted.append(task["id"])
+        if fresh and self._journal is not None:
+            _journal_submitted(self._journal, self._raw, fresh, len(fresh) == len(tasks))
         self._answer_submit(producer, accepted, busy, invalid)
 
     def _answer_submit(self, producer: bytes, accepted: list[str], busy: list[str],
@@ -582,41 +610,51 @@ class Broker:
 
     def _on_decision(self, identity: bytes, msg: Message) -> None:
         bad = 0
-        for decision in msg.header["decisions"]:
+        decisions, done = msg.header["decisions"], []
+        for decision in decisions:
             if _decision_ok(decision):
-                self._apply(decision)
+                if self._apply(decision):
+                    done.append(decision)
             else:
                 bad += 1
+        if done and self._journal is not None:
+            if len(done) == len(decisions) and len(self._raw) <= RAW_RECORD_MAX:
+                self._journal.decided_raw(self._raw, len(done))  # as received: no re-encode
+            else:
+                for decision in done:
+                    self._journal.decided(decision)
         if bad:  # the good ones were applied; the sender hears about the rest
             self.counters["control.decision-invalid"] += bad
             self.counters["malformed"] += bad
             self._send(self.control, identity,
                        error("malformed", f"{bad} invalid decisions ignored"))
 
-    def _apply(self, d: dict[str, Any]) -> None:
+    def _apply(self, d: dict[str, Any]) -> bool:
+        """Act on one decision; True when it was final (the task left the broker)."""
         entry = self._entries.get(d["task"])
         if entry is None:
             self.counters["decision.unknown"] += 1
-            return
+            return False
         # A duplicate carries the original attempt's number: it is final whatever attempt
         # is in flight now (after a sink or broker restart the task was dispatched again).
         if entry.worker is None or (d["attempt"] != entry.task["attempt"]
                                     and d["status"] != "duplicate"):
             self.counters["decision.stale"] += 1
-            return
+            return False
         w = self._workers.get(entry.worker)
         if w is not None:
             w.inflight.pop(entry.id, None)
         entry.worker = None
         status = d["status"]
         if status in FINAL:
-            self._finish(entry, d)
-            return
+            self._finish(entry, d)  # journaled by the caller, for the whole DECISION
+            return True
         self.counters[_DECIDED[status]] += 1
         if status == "conflict":
             self._conflict(entry, d)
         else:
             self._park(entry, d)
+        return False
 
     def _conflict(self, entry: Entry, d: dict[str, Any]) -> None:
         # A conflict is optimistic concurrency at work, not a fault of the task: each one
@@ -739,6 +777,17 @@ class Broker:
 
 
 # -- pure helpers ---------------------------------------------------------------------------
+def _journal_submitted(journal: TaskJournal, raw: bytes, fresh: list[dict[str, Any]],
+                       whole: bool) -> None:
+    """One record for a SUBMIT whose every task is new (its header bytes as received);
+    otherwise one record per new task, as the producer sent it."""
+    if whole and len(raw) <= RAW_RECORD_MAX:
+        journal.submitted_raw(raw, len(fresh))
+        return
+    for task in fresh:
+        journal.submitted(clean_task(task))
+
+
 def _task_problem(task: Any) -> str | None:
     """Why a submitted task is invalid, or None."""
     # fast path for the common well-formed task (exact types: a bool is not an int here)

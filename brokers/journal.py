@@ -12,10 +12,19 @@ with `k` naming the kind:
     {k: "r", id: str}                      requeued from the dead-letter queue
     {k: "p", id: str}                      purged from the dead-letter queue
 
+    {k: "b", h: bin}                       submitted: a whole SUBMIT header `{tasks: [Task]}`
+                                           as received (every task in it was accepted)
+    {k: "e", h: bin}                       decided: a whole DECISION header `{decisions: [...]}`
+                                           as received (every decision in it was final)
+
 Records are buffered during a broker pass and written by `commit` in one write (group
-commit); the file is fsynced when the buffer holds a record someone waits on (a submit, a
-DLQ change), so an ACCEPTED is only sent for tasks already on disk. Decisions alone are
-written but not fsynced: losing one costs a re-run that the sink answers `duplicate`.
+commit), in the loop. A write that holds a record someone waits on (a submit, a DLQ change)
+asks the fsync thread for an fsync and gets a sequence number; `durable` is the highest
+sequence number an fsync has covered, so the broker sends an ACCEPTED only once `durable`
+reaches the write that held its tasks. The fsync thread wakes the broker through a pipe
+(`wake_fd`, polled with the sockets) and runs one fsync for every write that arrived while
+the previous one ran (group commit across passes). Decisions alone are written but not
+fsynced: losing one costs a re-run that the sink answers `duplicate`.
 
 `replay` reads the file back (a torn or corrupt tail is cut off) and returns the tasks still
 pending, the dead letters and the recent decisions. `compact` rewrites the file with only
@@ -24,11 +33,14 @@ the live records when it has grown well past them.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import struct
+import threading
 import zlib
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,6 +53,8 @@ FILE_NAME = "tasks.journal"
 _HEAD = struct.Struct("<II")
 MAX_RECORD_BYTES = 64 * 1024 * 1024
 _packer = msgpack.Packer(use_bin_type=True)
+_FINAL = frozenset({"committed", "rejected", "failed", "duplicate"})
+_datasync: Callable[[int], None] = getattr(os, "fdatasync", os.fsync)
 
 
 @dataclass
@@ -53,7 +67,8 @@ class Replayed:
     records: int = 0
     truncated_bytes: int = 0
 
-    def apply(self, rec: dict[str, Any]) -> None:
+    def apply(self, rec: dict[str, Any]) -> int:
+        """Apply one record; return the tasks and decisions it holds (1, or a batch's)."""
         kind = rec.get("k")
         if kind == "s":
             tid = rec["t"]["id"]
@@ -74,6 +89,25 @@ class Replayed:
                 self.pending[rec["id"]] = letter["task"]
         elif kind == "p":
             self.dead.pop(rec["id"], None)
+        elif kind == "b":
+            tasks = _unpack(rec["h"])["tasks"]
+            for task in tasks:
+                self.apply({"k": "s", "t": task})
+            return len(tasks)
+        elif kind == "e":
+            decisions = _unpack(rec["h"])["decisions"]
+            for d in decisions:
+                if d["status"] in _FINAL:
+                    self.apply({"k": "d", "d": d})
+            return len(decisions)
+        return 1
+
+
+def _unpack(data: bytes) -> dict[str, Any]:
+    out = msgpack.unpackb(data, raw=False, strict_map_key=True)
+    if not isinstance(out, dict):
+        raise TypeError("a batch record's header is not a map")
+    return out
 
 
 def _frame(record: dict[str, Any]) -> bytes:
@@ -101,6 +135,92 @@ def read_records(path: Path) -> tuple[list[dict[str, Any]], int]:
     return out, pos
 
 
+class _Syncer:
+    """The fsync thread: fsyncs the journal's file for every write that asks, several at
+    once when they queue up, and writes a byte to a pipe after each fsync to wake the loop.
+    The loop only appends; it pauses the thread (`paused`) to swap the file."""
+
+    def __init__(self, counters: dict[str, int]) -> None:
+        self._cond = threading.Condition()
+        self._counters = counters
+        self._fd = -1
+        self._wanted = 0  # the highest sequence number asked for
+        self.durable = 0  # the highest sequence number an fsync has covered
+        self._busy = self._closing = False
+        self.wake_fd, self._wake_w = os.pipe()
+        os.set_blocking(self.wake_fd, False)
+        os.set_blocking(self._wake_w, False)
+        self.error: OSError | None = None
+        self._thread = threading.Thread(target=self._loop, name="journal-fsync", daemon=True)
+        self._thread.start()
+
+    def request(self, seq: int, fd: int) -> None:
+        with self._cond:
+            self._wanted, self._fd = seq, fd
+            self._cond.notify()
+
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                while self._wanted <= self.durable and not self._closing:
+                    self._cond.wait()
+                if self._wanted <= self.durable:
+                    return
+                target, fd, self._busy = self._wanted, self._fd, True
+            try:
+                _datasync(fd)  # releases the GIL: the loop goes on meanwhile
+            except OSError as exc:  # `durable` raises it in the loop: nothing is acknowledged
+                self.error = exc
+            with self._cond:
+                self._busy = False
+                if self.error is None:
+                    self.durable = max(self.durable, target)
+                    self._counters["fsyncs"] += 1
+                self._cond.notify_all()
+            self._wake()
+            if self.error is not None:
+                return
+
+    def _wake(self) -> None:
+        with contextlib.suppress(BlockingIOError):  # a full pipe: the loop is awake already
+            os.write(self._wake_w, b"\0")
+
+    def drain_wakeups(self) -> None:
+        with contextlib.suppress(BlockingIOError):
+            while os.read(self.wake_fd, 4096):
+                pass
+
+    def paused(self) -> _Paused:
+        return _Paused(self._cond, self)
+
+    def wait_idle(self) -> None:
+        """Called with the lock held: wait until no fsync runs."""
+        while self._busy:
+            self._cond.wait()
+
+    def close(self) -> None:
+        with self._cond:
+            self._closing = True
+            self._cond.notify_all()
+        self._thread.join()
+        os.close(self.wake_fd)
+        os.close(self._wake_w)
+
+
+class _Paused:
+    """`with syncer.paused():` no fsync runs inside (the file may be replaced)."""
+
+    def __init__(self, cond: threading.Condition, syncer: _Syncer) -> None:
+        self._cond, self._syncer = cond, syncer
+
+    def __enter__(self) -> None:
+        self._cond.acquire()
+        self._syncer.wait_idle()
+
+    def __exit__(self, *exc: object) -> None:
+        self._cond.release()
+
+
 class TaskJournal:
     """Append-only task journal with group commit (see the module docstring)."""
 
@@ -113,20 +233,25 @@ class TaskJournal:
         self.compact_min_records = compact_min_records
         self.compact_ratio = compact_ratio
         self._buf: list[bytes] = []
+        self._buf_items = 0  # tasks and decisions in the buffered records
         self._must_sync = False
         self._file: Any = None
-        self.records = 0  # records in the file (after replay or compaction, plus appends)
+        # tasks and decisions in the file (a batch record counts each of its items): what
+        # compaction weighs against the live ones
+        self.records = 0
         self.counters = {"writes": 0, "fsyncs": 0, "compactions": 0, "records": 0}
+        self._syncer: _Syncer | None = None
+        self.wanted = 0  # sequence number of the last write that must be made durable
 
     # -- reading ------------------------------------------------------------------------
     def replay(self) -> Replayed:
         """Read the file, cut off a torn tail, and open it for appending."""
         records, good = read_records(self.path)
-        state = Replayed()
+        state, items = Replayed(), 0
         for rec in records:
             try:
-                state.apply(rec)
-            except (KeyError, TypeError):
+                items += state.apply(rec)
+            except (KeyError, TypeError, ValueError):
                 log.warning("task journal: skipped a record of an unknown shape")
         size = self.path.stat().st_size if self.path.exists() else 0
         state.records, state.truncated_bytes = len(records), size - good
@@ -134,16 +259,45 @@ class TaskJournal:
             log.warning("task journal: cut %d bytes of torn tail", state.truncated_bytes)
             with self.path.open("r+b") as f:
                 f.truncate(good)
-        self.records = len(records)
+        self.records = items
         self._file = self.path.open("ab")
+        if self.fsync and self._syncer is None:
+            self._syncer = _Syncer(self.counters)
         return state
+
+    # -- durability -----------------------------------------------------------------------
+    @property
+    def durable(self) -> int:
+        """The highest write sequence number on disk (every write, without fsync)."""
+        if self._syncer is None:
+            return self.wanted
+        if self._syncer.error is not None:
+            raise self._syncer.error
+        return self._syncer.durable
+
+    @property
+    def wake_fd(self) -> int | None:
+        """A pipe the fsync thread writes to after each fsync (None without fsync)."""
+        return None if self._syncer is None else self._syncer.wake_fd
+
+    def drain_wakeups(self) -> None:
+        if self._syncer is not None:
+            self._syncer.drain_wakeups()
 
     # -- appending ----------------------------------------------------------------------
     def submitted(self, task: dict[str, Any]) -> None:
         self._add({"k": "s", "t": task}, sync=True)
 
+    def submitted_raw(self, header: bytes, count: int) -> None:
+        """A whole SUBMIT header of `count` tasks, as received, every task of it accepted."""
+        self._add({"k": "b", "h": header}, sync=True, items=count)
+
     def decided(self, decision: dict[str, Any]) -> None:
         self._add({"k": "d", "d": decision}, sync=False)
+
+    def decided_raw(self, header: bytes, count: int) -> None:
+        """A whole DECISION header of `count` decisions, as received, each final and applied."""
+        self._add({"k": "e", "h": header}, sync=False, items=count)
 
     def dead_lettered(self, task: dict[str, Any], letter: dict[str, Any]) -> None:
         self._add({"k": "l", "t": task, "x": letter}, sync=True)
@@ -154,27 +308,31 @@ class TaskJournal:
     def purged(self, task_id: str) -> None:
         self._add({"k": "p", "id": task_id}, sync=True)
 
-    def _add(self, record: dict[str, Any], *, sync: bool) -> None:
+    def _add(self, record: dict[str, Any], *, sync: bool, items: int = 1) -> None:
         self._buf.append(_frame(record))
+        self._buf_items += items
         self._must_sync = self._must_sync or sync
 
     def pending_records(self) -> int:
         return len(self._buf)
 
     def commit(self) -> int:
-        """Write the buffered records in one write (fsync if one needs it); records written."""
+        """Write the buffered records in one write; when one of them must be durable, ask
+        the fsync thread for an fsync (`wanted` grows; `durable` follows). Items written."""
         if not self._buf:
             return 0
         if self._file is None:
             raise RuntimeError("task journal: replay() must run before commit()")
-        n, data = len(self._buf), b"".join(self._buf)
+        n, data = self._buf_items, b"".join(self._buf)
         self._buf.clear()
+        self._buf_items = 0
         self._file.write(data)
         self._file.flush()
         self.counters["writes"] += 1
-        if self._must_sync and self.fsync:
-            os.fsync(self._file.fileno())
-            self.counters["fsyncs"] += 1
+        if self._must_sync:
+            self.wanted += 1
+            if self._syncer is not None:
+                self._syncer.request(self.wanted, self._file.fileno())
         self._must_sync = False
         self.records += n
         self.counters["records"] += n
@@ -188,6 +346,15 @@ class TaskJournal:
                 dict[str, Any]]]) -> None:
         """Rewrite the file with only the live records (pending tasks, dead letters)."""
         self.commit()
+        if self._syncer is None:
+            self._compact(pending, dead)
+            return
+        with self._syncer.paused():  # no fsync on the old file while it is replaced
+            self._compact(pending, dead)
+            self._syncer.durable = self.wanted  # the new file holds it all, fsynced
+
+    def _compact(self, pending: list[dict[str, Any]], dead: list[tuple[dict[str, Any],
+                 dict[str, Any]]]) -> None:
         tmp = self.path.with_suffix(".compact")
         with tmp.open("wb") as f:
             f.write(b"".join(_frame({"k": "s", "t": t}) for t in pending))
@@ -210,8 +377,12 @@ class TaskJournal:
             os.close(fd)
 
     def close(self) -> None:
+        """Write what is buffered, stop the fsync thread, fsync, close: all durable."""
         if self._file is not None:
             self.commit()
+            if self._syncer is not None:
+                self._syncer.close()
+                self._syncer = None
             if self.fsync:
                 os.fsync(self._file.fileno())
             self._file.close()

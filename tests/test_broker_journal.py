@@ -3,13 +3,16 @@ sockets, stepped with run_once on a fake clock (see tests/test_broker.py for the
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import msgpack
 import pytest
 import zmq
 
+from brokers import journal as journal_mod
 from brokers.journal import FILE_NAME, TaskJournal, read_records
 from pipeline.protocol import Cmd, encode
 from tests.test_broker import Net, decision, ids, make_net, net, task
@@ -23,9 +26,18 @@ def jnet(make_net: Callable[..., Net], tmp_path: Path) -> Net:
 
 
 def _journal_kinds(net: Net) -> list[str]:
+    """Record kinds, a whole-SUBMIT record ("b") counted as one "s" per task and a
+    whole-DECISION record ("e") as one "d" per decision."""
     assert net.config.journal_dir is not None
     records, _ = read_records(Path(net.config.journal_dir) / FILE_NAME)
-    return [r["k"] for r in records]
+    out = []
+    for r in records:
+        if r["k"] in ("b", "e"):
+            header = msgpack.unpackb(r["h"])
+            out += ["s"] * len(header.get("tasks", [])) + ["d"] * len(header.get("decisions", []))
+        else:
+            out.append(r["k"])
+    return out
 
 
 def _dlq(net: Net, sock: zmq.Socket[Any], cmd: Cmd, **header: Any) -> dict[str, Any]:
@@ -49,13 +61,59 @@ def test_accepted_means_journaled_and_a_restart_queues_undecided_tasks(jnet: Net
     fresh = jnet.worker(["p"], credit=5, name="fresh")
     assert ids(jnet.expect(fresh, Cmd.DISPATCH)) == ["t2", "t3"]
     again = jnet.producer()  # a reconnected producer resubmits; t1's decision survived
-    jnet.submit(again, task("t1"), task("t2"))
+    again.send_multipart(encode(Cmd.SUBMIT, {"tasks": [task("t1"), task("t2")]}))
     assert jnet.expect(again, Cmd.RESULT)["decisions"][0]["version"] == 5
+    assert jnet.expect(again, Cmd.ACCEPTED)["ids"] == ["t1", "t2"]
     assert jnet.broker.status()["tasks"] == 2, "a resubmit is not queued twice"
     sink2 = jnet.sink()
     jnet.decide(sink2, decision("t2"), decision("t3"))
     got = jnet.expect(again, Cmd.RESULT)["decisions"]
     assert [d["task"] for d in got] == ["t2"]  # t3's producer never came back
+
+
+def test_dispatch_does_not_wait_for_the_fsync_but_accepted_does(
+        jnet: Net, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fsync runs in the journal's thread: a task is dispatched (and even decided)
+    while its fsync is still running; its ACCEPTED leaves only after the fsync is done."""
+    gate, started = threading.Event(), threading.Event()
+    real = journal_mod._datasync
+
+    def slow_sync(fd: int) -> None:
+        started.set()
+        gate.wait(10)
+        real(fd)
+
+    monkeypatch.setattr(journal_mod, "_datasync", slow_sync)
+    prod, sink = jnet.producer(), jnet.sink()
+    worker = jnet.worker(["p"], credit=5)
+    prod.send_multipart(encode(Cmd.SUBMIT, {"tasks": [task("t1"), task("t2")]}))
+    assert ids(jnet.expect(worker, Cmd.DISPATCH)) == ["t1", "t2"]
+    assert started.wait(5)
+    jnet.decide(sink, decision("t1"))
+    assert jnet.expect(prod, Cmd.RESULT)["decisions"][0]["task"] == "t1"
+    for _ in range(20):
+        jnet.broker.run_once(1)
+    assert not prod.poll(0), "ACCEPTED before the fsync that covers the tasks"
+    gate.set()
+    assert jnet.expect(prod, Cmd.ACCEPTED)["ids"] == ["t1", "t2"]
+    assert jnet.broker.status()["journal"]["fsyncs"] >= 1
+    jnet.restart()  # t2 undecided, on disk
+    assert jnet.broker.status()["queues"] == {"p": 1}
+
+
+def test_batch_records_replay_like_single_ones(tmp_path: Path) -> None:
+    journal = TaskJournal(tmp_path)
+    journal.replay()
+    journal.submitted_raw(msgpack.packb({"tasks": [task("a"), task("b"), task("c")]}), 3)
+    journal.submitted(task("d"))
+    journal.decided_raw(msgpack.packb({"decisions": [decision("a"), decision("b")]}), 2)
+    journal.decided(decision("d"))
+    journal.close()
+    again = TaskJournal(tmp_path)
+    state = again.replay()
+    again.close()
+    assert list(state.pending) == ["c"] and list(state.decided) == ["a", "b", "d"]
+    assert again.records == 7  # tasks and decisions, whatever records hold them
 
 
 def test_a_torn_tail_is_cut_off(tmp_path: Path) -> None:
