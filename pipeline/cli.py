@@ -96,20 +96,28 @@ def cmd_run(args: argparse.Namespace) -> int:
     from pipeline.runner import Cluster
     env = {"PIPELINE_CONFIG": str(args.config)} if args.config else {}
     cluster = Cluster(app=args.app, workers=args.workers, recipes=args.recipes,
-                      journal_dir=args.journal, fsync=args.fsync, env=env)
+                      run_dir=args.run_dir, journal_dir=args.journal, fsync=args.fsync,
+                      namespace=args.namespace, env=env)
     stop = stop_on_signals()
     cluster.start()
     ep = cluster.endpoints
-    print(f"pipeline running: {args.workers} workers\n  producers -> {ep.frontend}\n"
-          f"  subscribers -> {ep.events} (snapshots: {ep.sync})\nCtrl-C to stop.", flush=True)
+    print(f"pipeline running: {args.workers} workers, journal {cluster.journal_dir}\n"
+          f"  producers -> {ep.frontend}\n  subscribers -> {ep.events} (snapshots: "
+          f"{ep.sync})\n  status: pipeline status --run-dir {args.run_dir}\nCtrl-C to stop.",
+          flush=True)
+    dead: list[str] = []
     try:
-        while not stop.wait(0.5):
-            if any(not c.alive() for c in cluster.children()):
-                log.error("a pipeline process exited; stopping the rest")
-                break
+        while not stop.wait(0.5) and not dead:
+            dead = [f"{c.role} (pid {c.pid}) exited with {c.proc.returncode}"
+                    for c in cluster.children() if not c.alive()]
     finally:
         cluster.stop()
-    return 0
+    for line in dead:
+        hint = " (an S-level audit rule stopped the pipeline)" if "sink" in line and \
+            line.endswith(" 3") else ""
+        print(f"pipeline stopped: {line}{hint}; the rest were stopped in order",
+              file=sys.stderr)
+    return 1 if dead else 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -170,8 +178,12 @@ def _add_embedded(sub: Any) -> None:
     p = sub.add_parser("run", help="run broker, sink and N workers on this machine")
     p.add_argument("--app", required=True)
     p.add_argument("--workers", type=int, default=os.cpu_count() or 2)
-    p.add_argument("--recipes", default=None)
-    p.add_argument("--journal", default=None)
+    p.add_argument("--recipes", default=None, help="audit recipe file (TOML or YAML)")
+    p.add_argument("--run-dir", default=".pipeline",
+                   help="ipc:// sockets and, by default, the journals live here")
+    p.add_argument("--journal", default=None, help="the sink's journal (default RUN_DIR/journal)")
+    p.add_argument("--namespace", default=os.environ.get("PIPELINE_NAMESPACE", "default"),
+                   help="heavy-zone namespace (producers use the same; default 'default')")
     p.add_argument("--fsync", choices=["always", "interval", "never"], default="interval")
     p.set_defaults(func=cmd_run)
 

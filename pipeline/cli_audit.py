@@ -1,8 +1,8 @@
 """`pipeline audit verify|tail`: check a journal's hash chain; show recent decisions.
 
 `verify` is the engine's own check (checksums and the blake3 chain, record by record).
-`tail` reads records in the byte format of docs/JOURNAL.md without verifying them (run
-`verify` for that) and prints the latest decisions readably.
+`tail` reads records in the byte format of docs/JOURNAL.md (formats 1 and 2) without
+verifying them (run `verify` for that) and prints the latest decisions readably.
 """
 
 from __future__ import annotations
@@ -73,8 +73,24 @@ def read_records(journal: Path) -> Iterator[list[Any]]:
             pos = end
 
 
-def decision_row(payload: list[Any]) -> dict[str, Any]:
-    ts_us, status, version, reason, rule, level, error, blocked, _notes, update = payload[:10]
+def read_decisions(journal: Path) -> Iterator[dict[str, Any]]:
+    """Every journalled decision, oldest first, as a readable row."""
+    for payload in read_records(journal):
+        if len(payload) == 10:  # format 1: one decision a record
+            yield _row(payload[0], *payload[1:])
+            continue
+        ts_us, entries = payload[0], payload[1]
+        for entry in entries:
+            if len(entry) == 2:  # a plain commit: [version, update]
+                yield _row(ts_us, "committed", entry[0], "", None, None, None, False, [],
+                           entry[1])
+            else:
+                yield _row(ts_us, *entry)
+
+
+def _row(ts_us: int, status: str, version: int, reason: str, rule: str | None,
+         level: str | None, error: dict[str, Any] | None, blocked: bool, _notes: Any,
+         update: dict[str, Any]) -> dict[str, Any]:
     return {
         "time": datetime.fromtimestamp(ts_us / 1e6, UTC).isoformat(timespec="milliseconds"),
         "status": status, "version": version, "task": update.get("task"),
@@ -90,7 +106,7 @@ def cmd_tail(args: argparse.Namespace) -> int:
     if not journal.is_dir():
         print(f"no journal directory at {args.journal}", file=sys.stderr)
         return 2
-    rows = [decision_row(p) for p in deque(read_records(journal), maxlen=args.lines)]
+    rows = list(deque(read_decisions(journal), maxlen=args.lines))
     if args.json:
         for row in rows:
             print(json.dumps(row))

@@ -273,9 +273,9 @@ class TimedEngine:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._engine, name)
 
-    def apply_batch(self, frames: Any) -> Any:
+    def apply_batch(self, frames: Any, vetted: Any = None) -> Any:
         started = time.perf_counter()
-        batch = self._engine.apply_batch(frames)
+        batch = self._engine.apply_batch(frames, vetted)
         self._metrics.batch(batch, time.perf_counter() - started)
         self._dirty = self._dirty or batch.commits > 0
         return batch

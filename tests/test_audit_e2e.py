@@ -93,7 +93,8 @@ def test_flipped_byte_fails_audit_verify_naming_the_record(cluster_factory):
     journal = _journal_after_some_commits(cluster_factory)
     ok = pipeline_cli("audit", "verify", str(journal), "--json")
     assert ok.returncode == 0, ok.stderr
-    assert json.loads(ok.stdout)["records_ok"] == 30
+    records = json.loads(ok.stdout)["records_ok"]
+    assert records >= 1  # batches of decisions, plus outbox release marks
     seg = sorted(journal.glob("*.seg"))[0]
     data = bytearray(seg.read_bytes())
     data[len(data) // 2] ^= 0x01
@@ -102,18 +103,21 @@ def test_flipped_byte_fails_audit_verify_naming_the_record(cluster_factory):
     assert bad.returncode == 1
     assert "BROKEN at record" in bad.stdout
     report = json.loads(pipeline_cli("audit", "verify", str(journal), "--json").stdout)
-    assert 0 < report["first_bad"] < 30
+    assert 0 < report["first_bad"] < records
 
 
 def test_torn_tail_is_repaired_on_open(cluster_factory):
     from pipeline._engine import Engine
+    from pipeline.cli_audit import read_decisions
 
     journal = _journal_after_some_commits(cluster_factory)
     seg = sorted(journal.glob("*.seg"))[-1]
-    seg.write_bytes(seg.read_bytes()[:-7])
+    seg.write_bytes(seg.read_bytes()[:-7])  # the last record (one batch) is now torn
+    kept = [row["version"] for row in read_decisions(journal)]
+    assert 0 < len(kept) <= 30  # the torn record may hold decisions or only a mark
     engine = Engine(str(journal), fsync="never")
     try:
-        assert engine.version == 29
+        assert engine.version == max(kept) == len(kept)
     finally:
         engine.close()
     assert pipeline_cli("audit", "verify", str(journal)).returncode == 0

@@ -14,7 +14,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import msgpack
 import pytest
 
 from pipeline.heavy import names
@@ -101,16 +100,10 @@ def in_client_ns(pair: netns.NetPair, env: dict[str, str], *args: str
 
 
 def journal_workers(journal: Path) -> list[str]:
-    """The `worker` field of every journal record (format: docs/JOURNAL.md)."""
-    out = []
-    for seg in sorted(journal.glob("*.seg")):
-        data, off = seg.read_bytes()[8:], 0
-        while off + 44 <= len(data):
-            n = int.from_bytes(data[off:off + 4], "little")
-            record = msgpack.unpackb(data[off + 44:off + 44 + n], raw=False)
-            out.append(record[9]["worker"])
-            off += 44 + n
-    return out
+    """The `worker` field of every journalled decision (format: docs/JOURNAL.md)."""
+    from pipeline.cli_audit import read_decisions
+
+    return [row["worker"] for row in read_decisions(journal)]
 
 
 def test_known_keys_work_across_namespaces(pair: netns.NetPair, servers: dict[str, Any],
