@@ -50,6 +50,18 @@ def test_engine(capsys):
                   "numpy_scan_gb_per_s"])
 
 
+def test_soak(capsys):
+    r = _bench(capsys, "soak", "--tasks", "3000", "--workers", "1")
+    keys = [f"{role}_rss_mb_{at}" for role in ("broker", "sink") for at in ("start", "end",
+                                                                          "max")]
+    _positive(r, ["tasks_per_s", *keys])
+    assert r["tasks"] == 3000 and isinstance(r["flat"], bool)
+    for role in ("broker", "sink"):
+        assert r[f"{role}_rss_mb_max"] >= max(r[f"{role}_rss_mb_start"],
+                                              r[f"{role}_rss_mb_end"])
+    assert r["samples"][0][0] == 0 and r["samples"][-1][0] == 3000
+
+
 def test_helpers():
     assert worker_counts(1) == [1]
     assert worker_counts(6) == [1, 2, 4, 6]

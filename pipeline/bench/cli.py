@@ -1,5 +1,6 @@
 """`pipeline bench MODE`: throughput, latency, scaling (the whole pipeline against two
-baselines measured in the same run) and engine (the Rust engine alone).
+baselines measured in the same run), engine (the Rust engine alone), heavy (arrays through
+shared memory) and soak (many small tasks, watching broker and sink memory).
 
 A table on a terminal, or with `--json` one JSON object. See docs/BENCHMARKS.md.
 """
@@ -14,9 +15,9 @@ import sys
 import time
 from typing import Any
 
-MODES = ("throughput", "latency", "scaling", "engine", "heavy")
+MODES = ("throughput", "latency", "scaling", "engine", "heavy", "soak")
 DEFAULT_TASKS = {"throughput": 100_000, "latency": 10_000, "scaling": 2_000,
-                 "engine": 1_000_000, "heavy": 5}
+                 "engine": 1_000_000, "heavy": 5, "soak": 1_000_000}
 
 
 def register(sub: Any) -> None:
@@ -53,6 +54,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
         sizes = tuple(int(x) for x in args.sizes.split(","))
         result.update(run_heavy(tasks, sizes))
+    elif args.mode == "soak":
+        from pipeline.bench.soak import run_soak
+
+        result.update(run_soak(tasks, workers))
     else:
         result.update(modes.run(args.mode, tasks, workers,
                                 scan_bytes=args.scan_mb * 1_000_000))

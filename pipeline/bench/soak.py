@@ -1,0 +1,112 @@
+"""`pipeline bench soak`: many small tasks through a real cluster, watching the resident
+memory (VmRSS) of the broker and the sink.
+
+The RSS of both is read from /proc at start (cluster up, before the first task), after a
+warm-up (the first `WARM_FRACTION` of the tasks: allocator pools, socket buffers and the
+broker's bounded recent-decisions table fill up), about every `period_s` seconds, and at
+the end. Memory is *flat* when neither process grew from the warm-up sample to the end by
+more than `FLAT_SLACK_MB` or `FLAT_SLACK_FRACTION` of its warm size, whichever is larger.
+Every decision is counted by status: a soak whose tasks did not all commit raises.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter, deque
+from typing import Any
+
+from pipeline.api import Status
+from pipeline.bench.cluster import CHUNK, WINDOW_CHUNKS, BenchError, rss_mb, running
+from pipeline.producer import Producer, TaskHandle
+
+WARM_FRACTION = 0.05
+FLAT_SLACK_MB = 16.0
+FLAT_SLACK_FRACTION = 0.10
+ROLES = ("broker", "sink")
+
+
+class Samples:
+    """RSS samples of the broker and the sink: (tasks decided, MB per role)."""
+
+    def __init__(self, pids: dict[str, int], period_s: float) -> None:
+        self.pids = pids
+        self.period_s = period_s
+        self.rows: list[tuple[int, dict[str, float]]] = []
+        self.warm: dict[str, float] | None = None
+        self._last = 0.0
+
+    def take(self, done: int) -> dict[str, float]:
+        row = {role: round(rss_mb(pid), 1) for role, pid in self.pids.items()}
+        self.rows.append((done, row))
+        self._last = time.monotonic()
+        return row
+
+    def maybe(self, done: int, total: int) -> None:
+        """Sample when the period has passed; the first sample past the warm-up is kept."""
+        if self.warm is None and done >= total * WARM_FRACTION:
+            self.warm = self.take(done)
+        elif time.monotonic() - self._last >= self.period_s:
+            self.take(done)
+
+
+def run_soak(tasks: int, workers: int, *, period_s: float = 1.0) -> dict[str, Any]:
+    with running(workers) as cluster:
+        if cluster.broker_child is None or cluster.sink_child is None:
+            raise BenchError("the cluster has no broker or no sink")
+        pids = {"broker": cluster.broker_child.pid, "sink": cluster.sink_child.pid}
+        samples = Samples(pids, period_s)
+        samples.take(0)
+        with Producer(cluster.endpoints.frontend) as producer:
+            t0 = time.perf_counter()
+            statuses = _drive(producer, tasks, samples)
+            elapsed = time.perf_counter() - t0
+        samples.take(tasks)
+    if statuses != Counter({Status.COMMITTED: tasks}):
+        raise BenchError(f"not every task committed: {dict(statuses)}")
+    return _report(tasks, workers, elapsed, samples)
+
+
+def _drive(producer: Producer, tasks: int, samples: Samples) -> Counter[Status]:
+    """Submit in chunks with a window of chunks in flight; count decisions, keep none."""
+    window: deque[list[TaskHandle]] = deque()
+    statuses: Counter[Status] = Counter()
+    done = 0
+    for start in range(0, tasks, CHUNK):
+        window.append(producer.submit_many("small", [{}] * min(CHUNK, tasks - start)))
+        if len(window) > WINDOW_CHUNKS:
+            done += _collect(producer, window.popleft(), statuses)
+            samples.maybe(done, tasks)
+    while window:
+        done += _collect(producer, window.popleft(), statuses)
+        samples.maybe(done, tasks)
+    return statuses
+
+
+def _collect(producer: Producer, handles: list[TaskHandle], statuses: Counter[Status]) -> int:
+    statuses.update(d.status for d in producer.results(handles, timeout=120))
+    return len(handles)
+
+
+def _report(tasks: int, workers: int, elapsed: float, samples: Samples) -> dict[str, Any]:
+    start, end = samples.rows[0][1], samples.rows[-1][1]
+    warm = samples.warm or start
+    out: dict[str, Any] = {"tasks": tasks, "workers": workers,
+                           "tasks_per_s": round(tasks / elapsed, 1)}
+    flat = True
+    for role in ROLES:
+        series = [row[role] for _, row in samples.rows]
+        growth = end[role] - warm[role]
+        out.update({f"{role}_rss_mb_start": start[role], f"{role}_rss_mb_warm": warm[role],
+                    f"{role}_rss_mb_end": end[role], f"{role}_rss_mb_max": max(series),
+                    f"{role}_growth_mb": round(growth, 1)})
+        flat = flat and growth <= max(FLAT_SLACK_MB, FLAT_SLACK_FRACTION * warm[role])
+    out["flat"] = flat
+    out["samples"] = _thin(samples.rows, 20)
+    return out
+
+
+def _thin(rows: list[tuple[int, dict[str, float]]], n: int) -> list[list[float]]:
+    """At most about n rows [tasks, broker MB, sink MB], first and last always kept."""
+    step = max(1, len(rows) // n)
+    kept = [*rows[:-1:step], rows[-1]]
+    return [[done, row["broker"], row["sink"]] for done, row in kept]
