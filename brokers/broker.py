@@ -462,8 +462,10 @@ class Broker:
         entries = [self._entries[t] for t in w.inflight if t in self._entries]
         w.inflight.clear()
         self.counters[f"worker.{why}"] += 1
-        log.warning("worker %s removed (%s); %d tasks go back to the queue",
-                    w.name, why, len(entries))
+        # A worker that says goodbye with nothing in hand is routine, not a warning.
+        level = logging.INFO if why == "disconnect" and not entries else logging.WARNING
+        log.log(level, "worker %s removed (%s); %d tasks go back to the queue",
+                w.name, why, len(entries))
         if why == "expired":  # a slow worker learns it must register again
             self._send(self.backend, w.identity, encode(Cmd.DISCONNECT))
         self._requeue(entries, f"worker {w.name} {why}")
