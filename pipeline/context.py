@@ -83,7 +83,8 @@ class HeavyInputs:
 class TaskContext:
     """What a process sees: declared inputs (tracked as reads), heavy inputs, task facts."""
 
-    __slots__ = ("attempt", "heavy", "process", "reads", "replica", "spec", "task_id", "version")
+    __slots__ = ("_backend", "_heavy", "_task", "attempt", "process", "reads", "replica",
+                 "spec", "task_id", "version")
 
     def __init__(self, task: Mapping[str, Any], spec: ProcessSpec, replica: StateReplica,
                  heavy: HeavyBackend | None) -> None:
@@ -94,7 +95,17 @@ class TaskContext:
         self.replica = replica
         self.version = replica.version
         self.reads: dict[str, int] = {}
-        self.heavy = HeavyInputs(self, task.get("heavy") or {}, heavy)
+        self._task = task
+        self._backend = heavy
+        self._heavy: HeavyInputs | None = None
+
+    @property
+    def heavy(self) -> HeavyInputs:
+        """Declared heavy inputs and the output allocator (built on first use: most
+        processes never touch the heavy zone)."""
+        if self._heavy is None:
+            self._heavy = HeavyInputs(self, self._task.get("heavy") or {}, self._backend)
+        return self._heavy
 
     def read(self, key: str) -> Any:
         self.reads[key] = self.replica.key_version(key)
@@ -122,6 +133,8 @@ def build_context(task: Mapping[str, Any], spec: ProcessSpec, replica: StateRepl
 
 def to_update(ctx: TaskContext, result: Any, heavy: HeavyBackend | None) -> dict[str, Any]:
     """The wire Update for a process's result (see docs/PROTOCOL.md)."""
+    if result is None or type(result) is dict:  # the common shorthand: data only
+        return _data_update(ctx, {} if result is None else dict(result))
     upd = StateUpdate.coerce(result)
     heavy_out = _export_heavy(upd.heavy, heavy)
     reads = dict(ctx.reads)
@@ -142,6 +155,17 @@ def to_update(ctx: TaskContext, result: Any, heavy: HeavyBackend | None) -> dict
     if upd.assert_version is not None:
         update["expect"] = upd.assert_version
     return update
+
+
+def _data_update(ctx: TaskContext, data: dict[str, Any]) -> dict[str, Any]:
+    """`to_update` for a plain dict (or None): no heavy values, no outbox, no expect."""
+    reads = dict(ctx.reads)
+    if data:
+        for key in data:
+            reads.setdefault(key, ctx.replica.key_version(key))
+    return {"task": ctx.task_id, "process": ctx.process, "attempt": ctx.attempt,
+            "reads": reads, "base": ctx.version, "data": data, "heavy": {}, "error": None,
+            "signals": [], "tasks": []}
 
 
 def _export_heavy(arrays: Mapping[str, Any], heavy: HeavyBackend | None) -> dict[str, Any]:

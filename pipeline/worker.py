@@ -163,10 +163,13 @@ class Worker:
 
     # -- handlers --------------------------------------------------------------------------
     def _on_dispatch(self, header: dict[str, Any]) -> None:
-        now = time.monotonic()
+        now, pending = time.monotonic(), self.pending
         for task in header["tasks"]:
+            if _plain_task(task):
+                pending.append((now, task))
+                continue
             try:
-                self.pending.append((now, proto.check_task(task)))
+                pending.append((now, proto.check_task(task)))
             except DecodeError as exc:
                 self.counters["malformed"] += 1
                 log.warning("worker: bad task in DISPATCH (%s)", exc.reason)
@@ -246,7 +249,8 @@ class Worker:
                 deferred.append((since, task))
                 continue
             update = self.execute(task, check=False)
-            self.gate.hold(update["task"], [*update["data"], *update["heavy"]], now + GATE_S)
+            if update["data"] or update["heavy"]:
+                self.gate.hold(update["task"], [*update["data"], *update["heavy"]], now + GATE_S)
             updates.append(update)
             ran.append(task)
         self.pending = deferred
@@ -376,6 +380,14 @@ class Worker:
     def _send_backend(self, cmd: Cmd, header: dict[str, Any]) -> None:
         self.backend.send_multipart(proto.encode(cmd, header))
         self._last_send = time.monotonic()
+
+
+def _plain_task(task: Any) -> bool:
+    """The common well-formed task, checked with exact types (anything else takes
+    `check_task`, which also accepts heavy attachments)."""
+    return (type(task) is dict and type(task.get("id")) is str
+            and type(task.get("process")) is str and type(task.get("args")) is dict
+            and task.get("heavy") is None)
 
 
 def encode_updates(updates: list[dict[str, Any]]) -> list[Any]:
