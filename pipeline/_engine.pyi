@@ -66,6 +66,11 @@ class Batch:
     def malformed(self) -> list[str]:
         """A short reason for every update that could not be decoded (it has no decision)."""
     @property
+    def followups(self) -> list[bytes]:
+        """The follow-up tasks of this batch's commits (never of any other decision), each a
+        msgpack Task map `{id, process, args}`; `id` is `"<parent task id>/<index>"`, so a
+        task released again after a restart is the same task to the broker."""
+    @property
     def heavy_committed(self) -> list[tuple[str, bytes]]:
         """(key, descriptor msgpack bytes) of every heavy write committed, in commit order:
         the sink takes ownership of these segments."""
@@ -116,12 +121,25 @@ class Engine:
         """(version, msgpack-encoded value) of one key, or None."""
     @property
     def version(self) -> int: ...
-    def blocked(self) -> list[str]: ...
-    def unblock(self, process: str) -> bool: ...
+    def blocked(self) -> list[str]:
+        """Blocked (or half-open) processes; blocks are journalled and survive a restart."""
+    def unblock(self, process: str) -> bool:
+        """Lift a block (journalled with the next write); True if there was one."""
+    def unreleased(self) -> tuple[int, bytes | None, list[bytes]]:
+        """The outbox after a restart: `(upto, events, followups)` for the commits the
+        journal holds after its last release mark (those committed before a crash but maybe
+        never published): `events` a COMMIT header `{"events": [...]}` (or None), the
+        follow-up Task maps, and the version to pass to `mark_released` once they are
+        published. Call it after opening, before the first `apply_batch`."""
+    def mark_released(self, upto_version: int) -> None:
+        """The events and follow-ups of every commit up to `upto_version` are published;
+        journalled with the next batch's record (or by `tick` after a second, or `flush`),
+        so a restart re-releases only later ones. EngineError past the current version."""
     def flush(self) -> None:
         """Write and fsync everything appended so far."""
     def tick(self) -> None:
-        """Housekeeping: fsync if the interval policy is due."""
+        """Housekeeping: write a pending unblock (or a release mark pending for a second);
+        fsync if the interval policy is due."""
     def close(self) -> None: ...
 
 def scan_f64(buffer: object) -> tuple[bool, float, float]:

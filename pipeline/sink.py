@@ -58,7 +58,9 @@ class Sink:
         self.counters: dict[str, int] = {"updates": 0, "commits": 0, "batches": 0}
         self.malformed: dict[str, int] = {}
         self.stop_reason: str | None = None
+        self._releasing = True  # False after a failed SUBMIT: leave the rest to a restart
         self._sockets()
+        self._release_unreleased()
 
     def _sockets(self) -> None:
         ep = self.config.endpoints
@@ -73,6 +75,8 @@ class Sink:
         self.poller.register(self.updates, zmq.POLLIN)
         self.poller.register(self.sync, zmq.POLLIN)
         self.poller.register(self.control, zmq.POLLIN)
+        self.outbox = self._socket(zmq.DEALER, ep.frontend, bind=False)
+        self.poller.register(self.outbox, zmq.POLLIN)
 
     def _socket(self, kind: int, endpoint: str, *, bind: bool) -> zmq.Socket[Any]:
         sock = self.ctx.socket(kind)
@@ -99,7 +103,7 @@ class Sink:
         self.engine.flush()
         self.engine.close()
         self.heavy.close()
-        for sock in (self.updates, self.events, self.sync, self.control):
+        for sock in (self.updates, self.events, self.sync, self.control, self.outbox):
             sock.close(linger=2000)
         if self._own_ctx:
             self.ctx.term()
@@ -122,6 +126,8 @@ class Sink:
                 self._on_updates()
             elif sock is self.sync:
                 self._drain_sync()
+            elif sock is self.outbox:
+                self._drain_outbox()
             else:
                 self._drain_control()
         self.engine.tick()
@@ -189,8 +195,53 @@ class Sink:
             self._count_malformed(reason)
         if batch.events is not None:
             self.events.send_multipart(proto.encode_raw(Cmd.COMMIT, batch.events))
+        self._submit_followups(batch.followups)
         self._send_control(proto.encode_raw(Cmd.DECISION, batch.decisions))
+        if self._releasing:
+            self.engine.mark_released(self.engine.version)
         self._after_batch(batch)
+
+    # -- outbox: follow-up tasks to the broker, re-release after a restart ----------------
+    def _release_unreleased(self) -> None:
+        """Publish what the journal committed after its last release mark (a crash between
+        the journal write and the publish), then mark it released. Receivers drop repeats
+        (subscribers by version, the broker by the follow-ups' deterministic ids)."""
+        upto, events, followups = self.engine.unreleased()
+        if events is not None:
+            self.events.send_multipart(proto.encode_raw(Cmd.COMMIT, events))
+        self._submit_followups(followups)
+        if self._releasing:
+            self.engine.mark_released(upto)
+
+    def _submit_followups(self, tasks: list[bytes]) -> None:
+        """SUBMIT committed follow-up tasks to the broker. If they cannot be queued, no
+        more release marks are written: they and every later commit stay unreleased in the
+        journal and go out again at the next start."""
+        if not tasks:
+            return
+        header = {"tasks": [proto.unpack(t) for t in tasks]}
+        try:
+            self.outbox.send_multipart(proto.encode(Cmd.SUBMIT, header), zmq.NOBLOCK)
+        except zmq.Again:
+            log.error("sink: %d follow-up tasks not submitted (broker unreachable); they "
+                      "are released again at the next start", len(tasks))
+            self._releasing = False
+
+    def _drain_outbox(self) -> None:
+        """Replies to follow-up SUBMITs: ACCEPTED and RESULT need nothing; REJECTED is logged."""
+        for _ in range(1000):
+            try:
+                frames = self.outbox.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            try:
+                msg = proto.decode(frames)
+            except DecodeError as exc:
+                self._count_malformed(exc.reason)
+                continue
+            if msg.cmd is Cmd.REJECTED:
+                log.warning("sink: broker rejected follow-up tasks %s: %s",
+                            msg.header.get("ids"), msg.header.get("reason"))
 
     def _settle_heavy(self, batch: Batch, vetted: dict[bytes, str | None]) -> None:
         """Take ownership of committed segments (superseding older ones); free the rest,

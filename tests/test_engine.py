@@ -85,7 +85,7 @@ def test_replay_after_reopen(tmp_path: Path) -> None:
     again.register("p", [], ["a"])
     assert (again.snapshot(), again.version) == (snap, 2)
     assert again.apply_batch([frame(update("t2", {"a": 2}, {"a": 9}))])[0].status == "duplicate"
-    assert verify_journal(path) == (2, None, None)
+    assert verify_journal(path) == (1, None, None)  # one record per batch
 
 
 def test_verify_journal_names_the_corrupted_record(tmp_path: Path) -> None:
@@ -211,3 +211,33 @@ def test_scan_f64_reads_any_contiguous_buffer() -> None:
         scan_f64(a[::2])
     with pytest.raises(ValueError):
         scan_f64(b"abc")
+
+
+def outbox_update(task: str, read: int) -> dict:
+    return update(task, {"a": read}, {"a": read + 1},
+                  signals=[{"topic": "t", "payload": b"x"}],
+                  tasks=[{"process": "q", "args": {"n": 1}}])
+
+
+def test_outbox_followups_and_release_across_a_restart(tmp_path: Path) -> None:
+    path = str(tmp_path / "j")
+    e = Engine(path, fsync="always")
+    e.register("p", [], ["a"])
+    batch = e.apply_batch([frame(outbox_update("t1", 0), outbox_update("t2", 0))])
+    assert [d.status for d in batch] == ["committed", "conflict"]
+    assert [unpack(t) for t in batch.followups] == [
+        {"id": "t1/0", "process": "q", "args": {"n": 1}}]
+    e.mark_released(e.version)
+    with pytest.raises(errors.EngineError):
+        e.mark_released(99)
+    e.apply_batch([frame(outbox_update("t3", 1))])
+    del e  # as if killed between the journal write and the publish
+    again = Engine(path)
+    upto, events, tasks = again.unreleased()
+    assert upto == 2
+    assert [ev["task"] for ev in unpack(events)["events"]] == ["t3"]
+    assert unpack(events)["events"][0]["signals"] == [{"topic": "t", "payload": b"x"}]
+    assert [unpack(t)["id"] for t in tasks] == ["t3/0"]
+    again.mark_released(upto)
+    again.close()
+    assert Engine(path).unreleased() == (2, None, [])

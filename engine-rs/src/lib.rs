@@ -143,6 +143,11 @@ impl Batch {
             .collect()
     }
     #[getter]
+    fn followups<'py>(&self, py: Python<'py>) -> Vec<Bound<'py, PyBytes>> {
+        let list = self.out.followups.iter();
+        list.map(|t| PyBytes::new(py, t)).collect()
+    }
+    #[getter]
     fn heavy_dropped<'py>(&self, py: Python<'py>) -> Vec<Bound<'py, PyBytes>> {
         let list = self.out.heavy_dropped.iter();
         list.map(|d| PyBytes::new(py, d)).collect()
@@ -187,6 +192,16 @@ impl Engine {
             .and_then(|mut e| f(&mut e))
             .map_err(|e| to_py(py, e))
     }
+}
+
+/// `{"events": [...]}` around `count` encoded events.
+fn wrap_events(count: usize, body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(body.len() + 16);
+    core::msgpack::put::map_len(&mut out, 1);
+    core::msgpack::put::str(&mut out, "events");
+    core::msgpack::put::array_len(&mut out, count);
+    out.extend_from_slice(body);
+    out
 }
 
 /// Copy every frame into owned bytes (so the batch can run without the GIL).
@@ -309,6 +324,30 @@ impl Engine {
 
     fn unblock(&self, py: Python<'_>, process: &str) -> PyResult<bool> {
         self.with(py, |e| Ok(e.unblock(process)))
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn unreleased<'py>(
+        &self,
+        py: Python<'py>,
+    ) -> PyResult<(u64, Option<Bound<'py, PyBytes>>, Vec<Bound<'py, PyBytes>>)> {
+        let (upto, events, tasks) = self.with(py, |e| {
+            let (upto, events, tasks) = e.unreleased();
+            let body: Vec<u8> = events.concat();
+            let events = (!events.is_empty()).then(|| wrap_events(events.len(), &body));
+            Ok((
+                upto,
+                events,
+                tasks.iter().map(|t| t.to_vec()).collect::<Vec<_>>(),
+            ))
+        })?;
+        let events = events.map(|b| PyBytes::new(py, &b));
+        let tasks = tasks.iter().map(|t| PyBytes::new(py, t)).collect();
+        Ok((upto, events, tasks))
+    }
+
+    fn mark_released(&self, py: Python<'_>, upto_version: u64) -> PyResult<()> {
+        self.with(py, |e| e.mark_released(upto_version))
     }
 
     fn flush(&self, py: Python<'_>) -> PyResult<()> {

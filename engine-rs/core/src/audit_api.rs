@@ -106,6 +106,9 @@ pub trait Audit: Send {
     fn reads_array_data(&self, _process: &str) -> bool {
         false
     }
+    /// Re-establish a block found in the journal (replay after a restart); `at_ms` is when
+    /// it was imposed, so a cool-down runs from then.
+    fn restore_block(&mut self, _process: &str, _reason: &str, _at_ms: u64) {}
 }
 
 /// The auditor used when no recipe is configured: every update passes, nothing blocks.

@@ -5,13 +5,15 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use crate::audit_api::{ArrayField, Audit, AuditInput, Failure, Finding, Level, Verdict};
+use crate::audit_api::{ArrayField, Audit, AuditInput, Failure, Finding, Verdict};
 use crate::decision::{Decision, Status};
 use crate::error::{EngineError, Result};
 use crate::fxhash::{FxMap, FxSet};
 use crate::heavy::{map_segment, Mapped};
 use crate::journal::{Fsync, Journal};
 use crate::msgpack::put;
+use crate::outbox::{encode_event, followups, Outbox};
+use crate::record::{RecordWriter, Replay};
 use crate::store::Store;
 use crate::update::{decode, FrameUpdates, Loc, Scratch, Update};
 
@@ -58,6 +60,8 @@ pub struct BatchOut {
     pub heavy_committed: Vec<(String, Vec<u8>)>,
     /// The descriptors of updates not committed (the sink frees their segments).
     pub heavy_dropped: Vec<Vec<u8>>,
+    /// The follow-up tasks of the commits, as msgpack Task maps `{id, process, args}`.
+    pub followups: Vec<Vec<u8>>,
 }
 
 impl BatchOut {
@@ -90,6 +94,8 @@ pub struct Engine {
     unusable: Option<String>,
     decisions: Vec<u8>,
     events: Vec<u8>,
+    record: RecordWriter,
+    outbox: Outbox,
 }
 
 fn now() -> (u64, u64) {
@@ -117,8 +123,13 @@ fn wrap(name: &str, count: usize, body: &[u8]) -> Vec<u8> {
 impl Engine {
     /// Open (or create) the journal in `dir` and replay it.
     pub fn open(dir: &Path, config: Config, audit: Box<dyn Audit>) -> Result<Engine> {
-        let mut store = Store::default();
-        let journal = Journal::open(dir, config.fsync, &mut |i, p| store.replay(i, p))?;
+        let (mut store, mut audit, mut outbox) = (Store::default(), audit, Outbox::default());
+        let mut replay = Replay {
+            store: &mut store,
+            audit: audit.as_mut(),
+            outbox: &mut outbox,
+        };
+        let journal = Journal::open(dir, config.fsync, &mut |i, p| replay.record(i, p))?;
         Ok(Engine {
             store,
             journal,
@@ -130,6 +141,8 @@ impl Engine {
             unusable: None,
             decisions: Vec::new(),
             events: Vec::new(),
+            record: RecordWriter::default(),
+            outbox,
         })
     }
 
@@ -168,8 +181,42 @@ impl Engine {
         self.audit.blocked()
     }
 
+    /// Lift a block; journalled (with the next write) so that a restart does not bring it
+    /// back.
     pub fn unblock(&mut self, process: &str) -> bool {
-        self.audit.unblock(process)
+        let was = self.audit.unblock(process);
+        if was {
+            self.record.unblock(process);
+        }
+        was
+    }
+
+    /// The commits found in the journal after its last `released` mark when the engine was
+    /// opened, and not marked since: `(upto, events, followups)` where `events` are their
+    /// COMMIT events (with signals), `followups` their follow-up Task maps, and `upto` the
+    /// version to pass to `mark_released` once they are published.
+    pub fn unreleased(&self) -> (u64, Vec<&[u8]>, Vec<&[u8]>) {
+        let items: Vec<_> = self.outbox.pending().collect();
+        let upto = items.last().map_or(self.outbox.released, |i| i.version);
+        let events = items.iter().map(|i| i.event.as_slice()).collect();
+        let tasks = items.iter().flat_map(|i| i.followups.iter().map(Vec::as_slice));
+        (upto, events, tasks.collect())
+    }
+
+    /// The events and follow-ups of every commit up to `version` are published: journal the
+    /// mark (with the next write), so a restart hands out only later ones.
+    pub fn mark_released(&mut self, version: u64) -> Result<()> {
+        self.usable()?;
+        if version > self.store.version {
+            return Err(EngineError::Engine(format!(
+                "cannot mark version {version} released: the state is at {}",
+                self.store.version
+            )));
+        }
+        if self.outbox.release(version) {
+            self.record.released(version);
+        }
+        Ok(())
     }
 
     pub fn journal_records(&self) -> u64 {
@@ -178,12 +225,27 @@ impl Engine {
 
     pub fn flush(&mut self) -> Result<()> {
         self.usable()?;
+        self.write_record(now().1);
         self.guard(|j| j.commit().and_then(|()| j.sync()))
     }
 
+    /// Write pending control entries (an unblock at once, a lone release mark after a
+    /// second); fsync if the policy is due.
     pub fn tick(&mut self) -> Result<()> {
         self.usable()?;
+        if self.record.due() {
+            self.write_record(now().1);
+            return self.guard(Journal::commit);
+        }
         self.guard(Journal::tick)
+    }
+
+    /// Append the batch record built so far (if there is anything in it) to the journal.
+    fn write_record(&mut self, ts_us: u64) {
+        if !self.record.is_empty() {
+            let record = &mut self.record;
+            self.journal.append(|b| record.write(b, ts_us));
+        }
     }
 
     /// Flush and refuse every later call.
@@ -249,6 +311,10 @@ impl Engine {
                 ui += 1;
             }
         }
+        for (process, reason) in &out.newly_blocked {
+            self.record.block(process, reason, now_ms);
+        }
+        self.write_record(now_us);
         self.guard(Journal::commit)?;
         self.finish(&mut out);
         Ok(out)
@@ -297,9 +363,9 @@ impl Engine {
             } else {
                 self.commit(u, s, &mut d, out);
             }
-            self.record(u, &d, notes, now.1);
+            self.record(u, &d, notes);
         } else {
-            self.record(u, &d, &[], now.1);
+            self.record(u, &d, &[]);
         }
         d
     }
@@ -494,60 +560,16 @@ impl Engine {
         for h in &s.heavy {
             out.heavy_committed.push((h.key.to_owned(), h.raw.to_vec()));
         }
-        self.encode_event(u, s, d);
-    }
-
-    /// `{version, task, process, writes: {key: value}, signals: [...]}` from raw bytes.
-    fn encode_event(&mut self, u: &Update<'_>, s: &Scratch<'_>, d: &Decision) {
-        let b = &mut self.events;
-        put::map_len(b, 5);
-        put::str(b, "version");
-        put::uint(b, d.version);
-        put::str(b, "task");
-        put::str(b, &d.task);
-        put::str(b, "process");
-        put::str(b, &d.process);
-        put::str(b, "writes");
-        put::map_len(b, s.data.len() + s.heavy.len());
-        for f in &s.data {
-            put::str(b, f.name);
-            b.extend_from_slice(f.value);
-        }
-        for h in &s.heavy {
-            put::str(b, h.key);
-            b.extend_from_slice(h.raw);
-        }
-        put::str(b, "signals");
-        match u.signals {
-            Some(raw) => b.extend_from_slice(raw),
-            None => put::array_len(b, 0),
-        }
+        encode_event(&mut self.events, d.version, u, s);
+        followups(u, &mut out.followups);
     }
 
     /// Journal and remember a final decision (committed, rejected, failed).
-    fn record(&mut self, u: &Update<'_>, d: &Decision, notes: &[Finding], ts_us: u64) {
+    fn record(&mut self, u: &Update<'_>, d: &Decision, notes: &[Finding]) {
         if !d.status.is_final() {
             return;
         }
-        self.journal.append(|b| {
-            put::array_len(b, 10);
-            put::uint(b, ts_us);
-            put::str(b, d.status.as_str());
-            put::uint(b, d.version);
-            put::str(b, &d.reason);
-            put::opt_str(b, d.rule.as_deref());
-            put::opt_str(b, d.level.map(Level::as_str));
-            d.encode_error(b);
-            put::bool(b, d.blocked);
-            put::array_len(b, notes.len());
-            for n in notes {
-                put::array_len(b, 3);
-                put::str(b, &n.rule);
-                put::str(b, n.level.as_str());
-                put::str(b, &n.message);
-            }
-            b.extend_from_slice(u.raw);
-        });
+        self.record.entry(d, notes, u.raw);
         self.store.dedup.insert(d.task.clone(), d.to_final());
     }
 }

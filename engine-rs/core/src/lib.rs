@@ -8,6 +8,8 @@ pub mod fxhash;
 pub mod heavy;
 pub mod journal;
 pub mod msgpack;
+pub mod outbox;
+pub mod record;
 pub mod store;
 pub mod update;
 

@@ -2,11 +2,10 @@
 //! from the journal on open.
 use std::sync::Arc;
 
-use crate::decision::{decode_error, opt_str, parse_level, Decision, Final, Status};
-use crate::error::{EngineError, Result};
+use crate::decision::{Decision, Final};
 use crate::fxhash::FxMap;
-use crate::msgpack::{put, Reader};
-use crate::update::{decode, Scratch, Update};
+use crate::msgpack::put;
+use crate::update::Scratch;
 
 pub struct Slot {
     pub version: u64,
@@ -81,50 +80,4 @@ impl Store {
         }
         buf
     }
-
-    /// Re-apply one journal record (layout in docs/JOURNAL.md): its decision and update.
-    pub fn replay(&mut self, index: u64, payload: &[u8]) -> Result<()> {
-        let corrupt = |reason: &str| EngineError::JournalCorrupt {
-            index,
-            reason: reason.into(),
-        };
-        let (mut u, mut s) = (Update::default(), Scratch::default());
-        let d = parse_record(payload, &mut u, &mut s).map_err(corrupt)?;
-        if !d.status.is_final() {
-            return Err(corrupt("non-final decision journalled"));
-        }
-        if d.status == Status::Committed {
-            if d.version != self.version + 1 {
-                return Err(corrupt("version gap"));
-            }
-            self.apply(&s);
-        }
-        self.dedup.insert(d.task.clone(), d.to_final());
-        Ok(())
-    }
-}
-
-/// A journal payload: `[ts_us, status, version, reason, rule, level, error, blocked, notes,
-/// update]`; the decision's task, process and attempt come from the update.
-fn parse_record<'a>(
-    payload: &'a [u8],
-    u: &mut Update<'a>,
-    s: &mut Scratch<'a>,
-) -> std::result::Result<Decision, &'static str> {
-    let mut r = Reader::new(payload);
-    if r.array_len()? != 10 {
-        return Err("bad record layout");
-    }
-    r.uint()?;
-    let status = Status::parse(r.str()?)?;
-    let (version, reason) = (r.uint()?, r.str()?.to_owned());
-    let rule = opt_str(&mut r)?.map(str::to_owned);
-    let level = opt_str(&mut r)?.map(parse_level).transpose()?;
-    let (error, blocked) = (decode_error(&mut r)?, r.bool()?);
-    r.skip()?;
-    decode(r.raw()?, u, s).map_err(|_| "unreadable update")?;
-    let mut d = Decision::new(Arc::from(u.task), Arc::from(u.process), u.attempt, status);
-    (d.version, d.reason, d.rule, d.level, d.error, d.blocked) =
-        (version, reason, rule, level, error, blocked);
-    Ok(d)
 }

@@ -251,3 +251,132 @@ fn without_a_heavy_dir_array_rules_fail_closed() {
     assert_eq!(out.decisions[0].rule.as_deref(), Some("heavy"));
     assert_eq!(out.decisions[0].reason, "heavy.x: no heavy directory to map ok from");
 }
+
+fn outbox_update(task: &str, read: u64) -> Value {
+    let signal = map(vec![("topic", s("t")), ("payload", Value::Binary(vec![1]))]);
+    let tasks = vec![
+        map(vec![("process", s("q")), ("args", map(vec![("n", Value::from(1))]))]),
+        map(vec![("process", s("r"))]),
+    ];
+    update(
+        task,
+        &[("a", read)],
+        &[("a", read + 1)],
+        vec![("signals", Value::Array(vec![signal])), ("tasks", Value::Array(tasks))],
+    )
+}
+
+fn task_ids(followups: &[impl AsRef<[u8]>]) -> Vec<String> {
+    let id = |b: &[u8]| get(&unpack(b), "id").as_str().unwrap().to_string();
+    followups.iter().map(|b| id(b.as_ref())).collect()
+}
+
+#[test]
+fn followups_of_commits_only_with_deterministic_ids() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut e = open_with(dir.path(), config(false), None);
+    let mut rejected = outbox_update("t3", 1);
+    if let Value::Map(m) = &mut rejected {
+        m.push((s("args"), map(vec![("zzz", Value::from(1))])));
+        m[4].1 = ints(&[("a", 1), ("nope", 0)]);
+    }
+    let ups = vec![outbox_update("t1", 0), outbox_update("t2", 0), rejected];
+    let out = e.apply_batch(&[frame(ups)]).unwrap();
+    let st: Vec<_> = out.decisions.iter().map(|d| d.status).collect();
+    assert_eq!(st, [Status::Committed, Status::Conflict, Status::Rejected]);
+    assert_eq!(task_ids(&out.followups), ["t1/0", "t1/1"]);
+    let first = unpack(&out.followups[0]);
+    assert_eq!(get(&first, "process").as_str(), Some("q"));
+    assert_eq!(get(&first, "args"), &map(vec![("n", Value::from(1))]));
+    assert_eq!(get(&unpack(&out.followups[1]), "args"), &map(vec![]));
+}
+
+#[test]
+fn unreleased_commits_are_handed_out_again_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let mut e = open_with(dir.path(), config(false), None);
+        e.apply_batch(&[frame(vec![outbox_update("t1", 0)])]).unwrap();
+        e.mark_released(1).unwrap();
+        assert!(e.mark_released(5).is_err());
+        e.apply_batch(&[frame(vec![outbox_update("t2", 1)])]).unwrap();
+        e.apply_batch(&[frame(vec![update("t3", &[("b", 0)], &[("b", 1)], vec![])])])
+            .unwrap();
+        // SIGKILL here: t2 and t3 are journalled, never published.
+        e.flush().unwrap();
+    }
+    let mut e = open_with(dir.path(), config(false), None);
+    let (upto, events, tasks) = e.unreleased();
+    assert_eq!(upto, 3);
+    let versions: Vec<_> = events.iter().map(|b| get(&unpack(b), "version").as_u64()).collect();
+    assert_eq!(versions, [Some(2), Some(3)]);
+    assert_eq!(get(&unpack(events[0]), "signals").as_array().map(Vec::len), Some(1));
+    assert_eq!(task_ids(&tasks), ["t2/0", "t2/1"]);
+    e.mark_released(upto).unwrap();
+    e.close().unwrap();
+    let e = open_with(dir.path(), config(false), None);
+    let (upto, events, tasks) = e.unreleased();
+    assert_eq!((upto, events.len(), tasks.len()), (3, 0, 0));
+}
+
+const BLOCK_RECIPE: &str = r#"
+[process.p]
+max_threshold = 2
+rules = [{ name = "a-small", field = "output.a", max = 10 }]
+"#;
+
+#[test]
+fn blocks_and_unblocks_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let j = dir.path().join("j");
+    let big = |t: &str| update(t, &[("a", 0)], &[("a", 99)], vec![]);
+    {
+        let mut e = open_with(&j, config(false), Some(BLOCK_RECIPE));
+        let out = e.apply_batch(&[frame(vec![big("t1"), big("t2")])]).unwrap();
+        assert_eq!(out.newly_blocked.len(), 1);
+        e.close().unwrap();
+    }
+    let mut e = open_with(&j, config(false), Some(BLOCK_RECIPE));
+    assert_eq!(e.blocked(), ["p"]);
+    assert_eq!(statuses(&mut e, vec![big("t3")]), [Status::Blocked]);
+    assert!(e.unblock("p"));
+    e.close().unwrap();
+    let mut e = open_with(&j, config(false), Some(BLOCK_RECIPE));
+    assert!(e.blocked().is_empty());
+    let ok = update("t4", &[("a", 0)], &[("a", 1)], vec![]);
+    assert_eq!(statuses(&mut e, vec![ok]), [Status::Committed]);
+}
+
+#[test]
+fn journals_of_the_first_format_still_replay() {
+    use pipeline_core::journal::{Fsync, Journal};
+    use pipeline_core::msgpack::put;
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let mut j = Journal::open(dir.path(), Fsync::Never, &mut |_, _| Ok(())).unwrap();
+        for (i, t) in ["t1", "t2"].iter().enumerate() {
+            let u = pack(&update(t, &[("a", i as u64)], &[("a", 7)], vec![]));
+            j.append(|b| {
+                put::array_len(b, 10);
+                put::uint(b, 1);
+                put::str(b, "committed");
+                put::uint(b, i as u64 + 1);
+                put::str(b, "");
+                put::nil(b);
+                put::nil(b);
+                put::nil(b);
+                put::bool(b, false);
+                put::array_len(b, 0);
+                b.extend_from_slice(&u);
+            });
+        }
+        j.commit().unwrap();
+    }
+    let mut e = open_with(dir.path(), config(false), None);
+    assert_eq!(e.version(), 2);
+    assert_eq!(e.unreleased().1.len(), 0);
+    let again = update("t2", &[("a", 1)], &[("a", 7)], vec![]);
+    assert_eq!(statuses(&mut e, vec![again]), [Status::Duplicate]);
+    let next = update("t3", &[("a", 2)], &[("a", 8)], vec![]);
+    assert_eq!(statuses(&mut e, vec![next]), [Status::Committed]);
+}

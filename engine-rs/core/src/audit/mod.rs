@@ -366,6 +366,11 @@ impl Audit for Auditor {
         true
     }
 
+    fn restore_block(&mut self, process: &str, reason: &str, at_ms: u64) {
+        let recipe = Arc::clone(self.recipes.get(process));
+        self.block(process, &recipe, reason, false, at_ms);
+    }
+
     fn reads_array_data(&self, process: &str) -> bool {
         let rules = &self.recipes.get(process).rules;
         rules
