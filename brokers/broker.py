@@ -35,7 +35,16 @@ from brokers.dlq import MAX_LIST, DeadLetters, clean_task, letter
 from brokers.journal import MAX_RECORD_BYTES, Replayed, TaskJournal
 from brokers.state import Entry, TaskQueues, Worker
 from pipeline.errors import DecodeError
-from pipeline.protocol import SUPPORTED_VERSIONS, Cmd, Message, check_task, decode, encode, error
+from pipeline.protocol import (
+    SUPPORTED_VERSIONS,
+    Cmd,
+    Message,
+    check_task,
+    decode,
+    encode,
+    encode_raw,
+    error,
+)
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +88,8 @@ class Broker:
         self._queues = TaskQueues()
         self._workers: dict[bytes, Worker] = {}
         self._results: dict[bytes, list[dict[str, Any]]] = {}
+        # whole DECISION headers for one producer, sent on as its RESULT (no re-encode)
+        self._raw_results: list[tuple[bytes, bytes]] = []
         self._dlq = DeadLetters()
         # answers that wait for this pass's journal write: (socket, identity, frames), then
         # (write sequence number, answers) until the fsync that covers the write is done
@@ -298,7 +309,7 @@ class Broker:
             self._liveness(now)
         if self._dirty:
             self._dispatch()
-        if self._results:
+        if self._results or self._raw_results:
             self._flush_results()
 
     def _liveness(self, now: float) -> None:
@@ -353,6 +364,10 @@ class Broker:
         for producer, decisions in results.items():
             if self._send(self.frontend, producer, encode(Cmd.RESULT, {"decisions": decisions})):
                 self.counters["result.undelivered"] += len(decisions)
+        raw, self._raw_results = self._raw_results, []
+        for producer, header in raw:  # a DECISION header is a valid RESULT header
+            if self._send(self.frontend, producer, encode_raw(Cmd.RESULT, header)):
+                self.counters["result.undelivered-batches"] += 1
 
     # -- dispatch -----------------------------------------------------------------------
     def _dispatch(self) -> None:
@@ -612,37 +627,50 @@ class Broker:
 
     def _on_decision(self, identity: bytes, msg: Message) -> None:
         bad = 0
-        decisions, done = msg.header["decisions"], []
+        decisions, done, producers = msg.header["decisions"], [], set()
         for decision in decisions:
             if _decision_ok(decision):
-                if self._apply(decision):
+                producer = self._apply(decision)
+                if producer is not None:
                     done.append(decision)
+                    producers.add(producer)
             else:
                 bad += 1
+        whole = len(done) == len(decisions) and len(self._raw) <= RAW_RECORD_MAX
         if done and self._journal is not None:
-            if len(done) == len(decisions) and len(self._raw) <= RAW_RECORD_MAX:
+            if whole:
                 self._journal.decided_raw(self._raw, len(done))  # as received: no re-encode
             else:
                 for decision in done:
                     self._journal.decided(decision)
+        if whole and len(producers) == 1:
+            self._forward_raw(producers.pop(), len(done))
         if bad:  # the good ones were applied; the sender hears about the rest
             self.counters["control.decision-invalid"] += bad
             self.counters["malformed"] += bad
             self._send(self.control, identity,
                        error("malformed", f"{bad} invalid decisions ignored"))
 
-    def _apply(self, d: dict[str, Any]) -> bool:
-        """Act on one decision; True when it was final (the task left the broker)."""
+    def _forward_raw(self, producer: bytes, n: int) -> None:
+        """Every decision of this DECISION went to one producer, and nothing else did in
+        this pass: its RESULT is the DECISION header as received."""
+        if producer and len(self._results.get(producer, ())) == n:
+            del self._results[producer]
+            self._raw_results.append((producer, self._raw))
+
+    def _apply(self, d: dict[str, Any]) -> bytes | None:
+        """Act on one decision; when it was final (the task left the broker), return the
+        producer it goes to (b"" for a task restored from the journal), else None."""
         entry = self._entries.get(d["task"])
         if entry is None:
             self.counters["decision.unknown"] += 1
-            return False
+            return None
         # A duplicate carries the original attempt's number: it is final whatever attempt
         # is in flight now (after a sink or broker restart the task was dispatched again).
         if entry.worker is None or (d["attempt"] != entry.task["attempt"]
                                     and d["status"] != "duplicate"):
             self.counters["decision.stale"] += 1
-            return False
+            return None
         w = self._workers.get(entry.worker)
         if w is not None:
             w.inflight.pop(entry.id, None)
@@ -650,13 +678,13 @@ class Broker:
         status = d["status"]
         if status in FINAL:
             self._finish(entry, d)  # journaled by the caller, for the whole DECISION
-            return True
+            return entry.producer
         self.counters[_DECIDED[status]] += 1
         if status == "conflict":
             self._conflict(entry, d)
         else:
             self._park(entry, d)
-        return False
+        return None
 
     def _conflict(self, entry: Entry, d: dict[str, Any]) -> None:
         # A conflict is optimistic concurrency at work, not a fault of the task: each one
