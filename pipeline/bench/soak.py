@@ -2,10 +2,11 @@
 memory (VmRSS) of the broker and the sink.
 
 The RSS of both is read from /proc at start (cluster up, before the first task), after a
-warm-up (the first `WARM_FRACTION` of the tasks: allocator pools, socket buffers and the
-broker's bounded recent-decisions table fill up), about every `period_s` seconds, and at
-the end. Memory is *flat* when neither process grew from the warm-up sample to the end by
-more than `FLAT_SLACK_MB` or `FLAT_SLACK_FRACTION` of its warm size, whichever is larger.
+warm-up (the first 5 % of the tasks), at half way, about every `period_s` seconds, and at
+the end. Bounded structures (allocator pools, socket buffers, the broker's table of recent
+decisions) fill up in the first half; so memory is *flat* when neither process grew over
+the second half (half way to the end) by more than `FLAT_SLACK_MB` or
+`FLAT_SLACK_FRACTION` of its size at half way, whichever is larger.
 Every decision is counted by status: a soak whose tasks did not all commit raises.
 """
 
@@ -19,7 +20,7 @@ from pipeline.api import Status
 from pipeline.bench.cluster import CHUNK, WINDOW_CHUNKS, BenchError, rss_mb, running
 from pipeline.producer import Producer, TaskHandle
 
-WARM_FRACTION = 0.05
+MARKS = {"warm": 0.05, "mid": 0.5}
 FLAT_SLACK_MB = 16.0
 FLAT_SLACK_FRACTION = 0.10
 ROLES = ("broker", "sink")
@@ -32,7 +33,7 @@ class Samples:
         self.pids = pids
         self.period_s = period_s
         self.rows: list[tuple[int, dict[str, float]]] = []
-        self.warm: dict[str, float] | None = None
+        self.marks: dict[str, dict[str, float]] = {}
         self._last = 0.0
 
     def take(self, done: int) -> dict[str, float]:
@@ -42,10 +43,12 @@ class Samples:
         return row
 
     def maybe(self, done: int, total: int) -> None:
-        """Sample when the period has passed; the first sample past the warm-up is kept."""
-        if self.warm is None and done >= total * WARM_FRACTION:
-            self.warm = self.take(done)
-        elif time.monotonic() - self._last >= self.period_s:
+        """Sample when the period has passed, and at each mark (kept by name)."""
+        for name, fraction in MARKS.items():
+            if name not in self.marks and done >= total * fraction:
+                self.marks[name] = self.take(done)
+                return
+        if time.monotonic() - self._last >= self.period_s:
             self.take(done)
 
 
@@ -89,17 +92,18 @@ def _collect(producer: Producer, handles: list[TaskHandle], statuses: Counter[St
 
 def _report(tasks: int, workers: int, elapsed: float, samples: Samples) -> dict[str, Any]:
     start, end = samples.rows[0][1], samples.rows[-1][1]
-    warm = samples.warm or start
+    warm, mid = samples.marks.get("warm", start), samples.marks.get("mid", start)
     out: dict[str, Any] = {"tasks": tasks, "workers": workers,
                            "tasks_per_s": round(tasks / elapsed, 1)}
     flat = True
     for role in ROLES:
         series = [row[role] for _, row in samples.rows]
-        growth = end[role] - warm[role]
+        growth = end[role] - mid[role]
         out.update({f"{role}_rss_mb_start": start[role], f"{role}_rss_mb_warm": warm[role],
-                    f"{role}_rss_mb_end": end[role], f"{role}_rss_mb_max": max(series),
-                    f"{role}_growth_mb": round(growth, 1)})
-        flat = flat and growth <= max(FLAT_SLACK_MB, FLAT_SLACK_FRACTION * warm[role])
+                    f"{role}_rss_mb_mid": mid[role], f"{role}_rss_mb_end": end[role],
+                    f"{role}_rss_mb_max": max(series),
+                    f"{role}_growth_2nd_half_mb": round(growth, 1)})
+        flat = flat and growth <= max(FLAT_SLACK_MB, FLAT_SLACK_FRACTION * mid[role])
     out["flat"] = flat
     out["samples"] = _thin(samples.rows, 20)
     return out
