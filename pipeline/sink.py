@@ -36,6 +36,9 @@ from pipeline.security import apply_curve, stamp_identity
 log = logging.getLogger(__name__)
 
 RECLAIM_INTERVAL_S = 5.0
+# PIPELINE_FAULT=crash-after-journal makes the sink die right after a batch that committed
+# is journaled and before anything is published: the crash the outbox must survive.
+FAULT_EXIT = 70
 
 
 class Sink:
@@ -49,6 +52,7 @@ class Sink:
                              heavy_dir=str(namespace_dir(config.namespace)))
         for spec in self.specs.values():
             self.engine.register(spec.name, list(spec.inputs), list(spec.outputs))
+        self._fault = os.environ.get("PIPELINE_FAULT")
         self.heavy = HeavyStore(config.namespace)
         self._vetted: dict[bytes, str | None] = {}
         self._reattach()
@@ -187,6 +191,8 @@ class Sink:
     def _decide(self, frames: list[bytes]) -> None:
         vetted, self._vetted = self._vetted, {}
         batch = self.engine.apply_batch(frames, vetted or None)
+        if self._fault == "crash-after-journal" and batch.commits:
+            os._exit(FAULT_EXIT)  # fault injection (tests): journaled, nothing published
         self._settle_heavy(batch, vetted)
         self.counters["batches"] += 1
         self.counters["updates"] += len(batch)

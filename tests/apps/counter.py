@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pipeline import StateUpdate, process
+from pipeline import FollowUp, Signal, StateUpdate, process
 
 
 @process(inputs=["count"], outputs=["count"])
@@ -44,3 +44,18 @@ def frame_sum(ctx) -> dict[str, Any]:
 @process(inputs=[], outputs=["reading"])
 def measure(ctx, value: float) -> dict[str, Any]:
     return {"reading": value}
+
+
+@process(inputs=["count"], outputs=["count"])
+def chain(ctx, n: int) -> StateUpdate:
+    """Commits, then (only then) signals and submits a follow-up task."""
+    return StateUpdate(data={"count": ctx.get("count", 0) + 1},
+                       signals=[Signal("chained", str(n).encode())],
+                       tasks=[FollowUp("increment", {"by": 100})])
+
+
+@process(inputs=[], outputs=["slot"])
+def chain_rejected(ctx) -> StateUpdate:
+    """Breaks its contract: its signal and follow-up must never be released."""
+    return StateUpdate(data={"undeclared": 1}, signals=[Signal("never", b"")],
+                       tasks=[FollowUp("increment", {"by": 1000})])
