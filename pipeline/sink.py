@@ -18,7 +18,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import zmq
@@ -235,19 +235,22 @@ class Sink:
 
     def _drain_outbox(self) -> None:
         """Replies to follow-up SUBMITs: ACCEPTED and RESULT need nothing; REJECTED is logged."""
-        for _ in range(1000):
-            try:
-                frames = self.outbox.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
-                return
-            try:
-                msg = proto.decode(frames)
-            except DecodeError as exc:
-                self._count_malformed(exc.reason)
-                continue
+        for msg in self._messages(self.outbox):
             if msg.cmd is Cmd.REJECTED:
                 log.warning("sink: broker rejected follow-up tasks %s: %s",
                             msg.header.get("ids"), msg.header.get("reason"))
+
+    def _messages(self, sock: zmq.Socket[Any]) -> Iterator[proto.Message]:
+        """Decoded messages waiting on a DEALER (at most 1000 a pass); bad ones counted."""
+        for _ in range(1000):
+            try:
+                frames = sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            try:
+                yield proto.decode(frames)
+            except DecodeError as exc:
+                self._count_malformed(exc.reason)
 
     def _settle_heavy(self, batch: Batch, vetted: dict[bytes, str | None]) -> None:
         """Take ownership of committed segments (superseding older ones); free the rest,
@@ -316,16 +319,7 @@ class Sink:
             log.warning("sink: reply to a sync client failed: %s", exc)
 
     def _drain_control(self) -> None:
-        for _ in range(1000):
-            try:
-                frames = self.control.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
-                return
-            try:
-                msg = proto.decode(frames)
-            except DecodeError as exc:
-                self._count_malformed(exc.reason)
-                continue
+        for msg in self._messages(self.control):
             if msg.cmd is Cmd.ERROR:
                 log.warning("sink: broker reported %s", msg.header.get("reason"))
 
