@@ -22,7 +22,8 @@ class HeavyBackend(Protocol):
 
     def open(self, desc: Mapping[str, Any]) -> Any: ...
     def alloc(self, shape: Any, dtype: Any) -> Any: ...
-    def export(self, array: Any) -> dict[str, Any]: ...
+    def export(self, array: Any, *, defer_seal: bool = False) -> dict[str, Any]: ...
+    def seal(self) -> None: ...
 
 
 class HeavyInputs:
@@ -176,7 +177,7 @@ def _export_heavy(arrays: Mapping[str, Any], heavy: HeavyBackend | None) -> dict
     out = {}
     for name, array in arrays.items():
         key = name if name.startswith(HEAVY_PREFIX) else HEAVY_PREFIX + name
-        out[key] = heavy.export(array)
+        out[key] = heavy.export(array, defer_seal=True)  # sealed once the UPDATE is sent
     return out
 
 

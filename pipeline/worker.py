@@ -248,6 +248,7 @@ class Worker:
             if not self._ready(since, task, now):
                 deferred.append((since, task))
                 continue
+            self._seal()  # no task code runs while an exported array is still writable
             update = self.execute(task, check=False)
             if update["data"] or update["heavy"]:
                 self.gate.hold(update["task"], [*update["data"], *update["heavy"]], now + GATE_S)
@@ -260,8 +261,13 @@ class Worker:
             if self.on_batch is not None:
                 self.on_batch(updates)
             self.updates.send_multipart(frames)
+            self._seal()  # off the critical path: the sink already has the descriptors
             if not self._draining:
                 self._send_backend(Cmd.READY, {"credit": len(updates)})
+
+    def _seal(self) -> None:
+        if self.heavy is not None:
+            self.heavy.seal()
 
     def execute(self, task: dict[str, Any], *, check: bool = True) -> dict[str, Any]:
         """Run one task; return its wire Update (or the error it raised). With `check`, a

@@ -88,6 +88,7 @@ class HeavyAllocator:
         self._live: dict[str, _Slot] = {}
         self._free: list[_Slot] = []
         self._parked: OrderedDict[tuple[int, int], segment.Mapped] = OrderedDict()
+        self._unsealed: list[segment.Mapped] = []
         self._dead: deque[str] = deque()
         self._lock = threading.RLock()
         self._reader = HeavyReader(namespace, root=root)
@@ -101,10 +102,17 @@ class HeavyAllocator:
         descriptor.check_dtype(dt.str)
         dims = descriptor.check_shape(list(shape) if np.iterable(shape) else [shape])
         with self._lock:
+            self._seal_locked()  # a parked mapping may be reused: seal what is pending first
             return self._alloc(dims, dt)[1]
 
-    def export(self, array: Any) -> dict[str, Any]:
-        """The wire descriptor of `array`; afterwards this process cannot change its bytes."""
+    def export(self, array: Any, *, defer_seal: bool = False) -> dict[str, Any]:
+        """The wire descriptor of `array`; afterwards this process cannot change its bytes.
+
+        The arrays are flagged read-only at once. The pages are made read-only (mprotect,
+        O(pages): about 2 ms per 100 MB here) at once too, or, with `defer_seal`, at the next
+        `seal()`: the worker runtime seals right after handing the UPDATE to ZeroMQ and before
+        any further task code runs, which takes the mprotect off the commit's critical path.
+        (Only a thread the process itself left running could write in that window.)"""
         arr = array if isinstance(array, np.ndarray) else np.asarray(array)
         descriptor.dtype_of(arr)
         if arr.nbytes < self.inline_threshold_bytes:
@@ -115,8 +123,17 @@ class HeavyAllocator:
             if slot is None:
                 slot, copy = self._alloc(arr.shape, arr.dtype)
                 copy[...] = arr
-                return self._export(slot, copy)
-            return self._export(slot, arr)
+                return self._export(slot, copy, defer_seal)
+            return self._export(slot, arr, defer_seal)
+
+    def seal(self) -> None:
+        """mprotect, read-only, every segment exported with `defer_seal` since the last call."""
+        with self._lock:
+            self._seal_locked()
+
+    def _seal_locked(self) -> None:
+        while self._unsealed:
+            self._unsealed.pop().protect(readonly=True)
 
     def open(self, desc: Mapping[str, Any]) -> np.ndarray:
         """A read-only zero-copy array for a heavy input descriptor (see HeavyReader)."""
@@ -142,6 +159,7 @@ class HeavyAllocator:
         with self._lock:
             if self._closed:
                 return
+            self._seal_locked()
             self._collect()
             for slot in self._free:
                 segment.free(self._dir_fd, self._pool_fd, slot.name, slot.mapped.fd)
@@ -187,14 +205,17 @@ class HeavyAllocator:
                 return slot
         return None
 
-    def _export(self, slot: _Slot, arr: np.ndarray) -> dict[str, Any]:
+    def _export(self, slot: _Slot, arr: np.ndarray, defer_seal: bool) -> dict[str, Any]:
         anchor = slot.anchor() if slot.anchor is not None else None
         if anchor is None:
             raise HeavyError(f"segment {slot.name} has no live array to export")
         off = arr.__array_interface__["data"][0] - slot.mapped.addr
         desc = descriptor.encode_segment(slot.name, slot.gen, off, arr)
         self._lease(slot.name, anchor)
-        slot.mapped.protect(readonly=True)
+        if defer_seal:
+            self._unsealed.append(slot.mapped)
+        else:
+            slot.mapped.protect(readonly=True)
         anchor.flags.writeable = False
         arr.flags.writeable = False
         del self._live[slot.name]
