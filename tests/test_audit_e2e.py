@@ -10,12 +10,9 @@ import sys
 from pathlib import Path
 
 import pytest
-import zmq
 
 from pipeline import Producer, Status, Subscriber
-from pipeline import protocol as proto
 from pipeline.errors import TaskTimeout
-from pipeline.protocol import Cmd
 
 pytestmark = pytest.mark.timeout(120)
 RECIPE = str(Path(__file__).parent / "recipes" / "measure.toml")
@@ -24,15 +21,6 @@ RECIPE = str(Path(__file__).parent / "recipes" / "measure.toml")
 def pipeline_cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "pipeline", *args], capture_output=True,
                           text=True, timeout=60, check=False)
-
-
-def unblock(sync_endpoint: str, process: str) -> dict:
-    with zmq.Context() as ctx, ctx.socket(zmq.DEALER) as sock:
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.connect(sync_endpoint)
-        sock.send_multipart(proto.encode(Cmd.UNBLOCK, {"process": process}))
-        assert sock.poll(10_000), "no reply to UNBLOCK"
-        return proto.decode(sock.recv_multipart()).header
 
 
 def test_b_threshold_blocks_parks_and_unblock_resumes(cluster_factory):
@@ -46,7 +34,10 @@ def test_b_threshold_blocks_parks_and_unblock_resumes(cluster_factory):
         parked = producer.submit("measure", value=5)
         with pytest.raises(TaskTimeout):
             parked.result(timeout=1.5)  # the broker holds it while the process is blocked
-        assert unblock(cluster.endpoints.sync, "measure")["unblocked"] is True
+        done = pipeline_cli("unblock", "measure", "--sync", cluster.endpoints.sync,
+                            "--control", cluster.endpoints.control, "--json")
+        assert done.returncode == 0, done.stderr
+        assert json.loads(done.stdout)["unblocked"] is True
         resumed = parked.result(timeout=20)
     assert resumed.status is Status.COMMITTED
 
