@@ -26,7 +26,7 @@ import threading
 import time
 from collections import Counter, OrderedDict, deque
 from collections.abc import Callable
-from typing import Any, TypeGuard
+from typing import Any
 
 import zmq
 
@@ -34,12 +34,22 @@ from brokers.config import BrokerConfig
 from brokers.dlq import MAX_LIST, DeadLetters, clean_task, letter
 from brokers.journal import MAX_RECORD_BYTES, Replayed, TaskJournal
 from brokers.state import Entry, TaskQueues, Worker
+from brokers.validate import (
+    FINAL,
+    STATUSES,
+    Refused,
+    check_versions,
+    decision_ok,
+    dlq_ids,
+    rejected,
+    str_list,
+    task_id,
+    task_problem,
+)
 from pipeline.errors import DecodeError
 from pipeline.protocol import (
-    SUPPORTED_VERSIONS,
     Cmd,
     Message,
-    check_task,
     decode,
     encode,
     encode_raw,
@@ -48,24 +58,12 @@ from pipeline.protocol import (
 
 log = logging.getLogger(__name__)
 
-FINAL = frozenset({"committed", "rejected", "failed", "duplicate"})
-STATUSES = FINAL | {"conflict", "blocked"}
-MAX_ID_CHARS = 256
 MAX_PROCESSES = 1024
 STOP_CHECK_MS = 100
 RAW_RECORD_MAX = MAX_RECORD_BYTES // 2  # a bigger header is journaled record by record
 _DECIDED = {s: f"decided.{s}" for s in STATUSES}  # counter keys, built once
 
 Handler = Callable[[bytes, Message], None]
-
-
-class Refused(DecodeError):
-    """A well-formed message the broker will not act on; `code` goes into the ERROR."""
-
-    def __init__(self, code: str, reason: str, message: str = "") -> None:
-        super().__init__(reason)
-        self.code = code
-        self.message = message or reason
 
 
 class Broker:
@@ -495,9 +493,9 @@ class Broker:
         room = self.config.max_queue - len(self._entries)
         tasks, fresh = msg.header["tasks"], []
         for task in tasks:
-            problem = _task_problem(task)
+            problem = task_problem(task)
             if problem is not None:
-                invalid.setdefault(problem, []).append(_task_id(task))
+                invalid.setdefault(problem, []).append(task_id(task))
             elif self._known(task["id"], producer):
                 accepted.append(task["id"])
             elif room <= 0:
@@ -520,11 +518,11 @@ class Broker:
             answers.append(encode(Cmd.ACCEPTED, {"ids": accepted}))
         if busy:
             self.counters["rejected.busy"] += len(busy)
-            answers.append(_rejected(busy, "busy", "the broker's queue is full",
+            answers.append(rejected(busy, "busy", "the broker's queue is full",
                                      self.config.busy_retry_after_ms))
         for reason, ids in invalid.items():
             self.counters[f"rejected.{reason}"] += len(ids)
-            answers.append(_rejected([i for i in ids if i], "invalid", reason, 0))
+            answers.append(rejected([i for i in ids if i], "invalid", reason, 0))
         if self._journal is None:
             for frames in answers:
                 self._send(self.frontend, producer, frames)
@@ -572,10 +570,10 @@ class Broker:
 
     def _register(self, identity: bytes, header: dict[str, Any]) -> Worker:
         processes = header.get("processes")
-        if not _str_list(processes, MAX_PROCESSES):
+        if not str_list(processes, MAX_PROCESSES):
             raise Refused("unknown-worker", "ready-without-processes",
                           "the first READY must list the worker's processes (non-empty strings)")
-        _check_versions(header.get("versions", [1]))
+        check_versions(header.get("versions", [1]))
         name = header.get("name", identity.hex())
         if not isinstance(name, str):
             raise DecodeError("header-field:name")
@@ -601,7 +599,7 @@ class Broker:
 
     # -- control: sink and admins -------------------------------------------------------
     def _on_hello(self, identity: bytes, msg: Message) -> None:
-        _check_versions(msg.header.get("versions", [1]))
+        check_versions(msg.header.get("versions", [1]))
         role = msg.header["role"]
         if role == "sink":
             if self._sink is not None and self._sink != identity:
@@ -629,7 +627,7 @@ class Broker:
         bad = 0
         decisions, done, producers = msg.header["decisions"], [], set()
         for decision in decisions:
-            if _decision_ok(decision):
+            if decision_ok(decision):
                 producer = self._apply(decision)
                 if producer is not None:
                     done.append(decision)
@@ -753,12 +751,12 @@ class Broker:
 
     # -- control: the dead-letter queue ---------------------------------------------------
     def _on_dlq_list(self, identity: bytes, msg: Message) -> None:
-        ids = _dlq_ids(msg.header, allow_none=True)
+        ids = dlq_ids(msg.header, allow_none=True)
         items = self._dlq.select(ids)
         self._dlq_reply(identity, items[:MAX_LIST], [d["id"] for d in items])
 
     def _on_dlq_requeue(self, identity: bytes, msg: Message) -> None:
-        ids = _dlq_ids(msg.header, allow_none=False)
+        ids = dlq_ids(msg.header, allow_none=False)
         done = self._dlq.remove(ids if ids is not None else list(self._dlq.items))
         room = self.config.max_queue - len(self._entries)
         for dead in done:
@@ -779,7 +777,7 @@ class Broker:
         self._enqueue(dict(dead["task"]), b"", journal=False, attempt=dead["attempt"] + 1)
 
     def _on_dlq_purge(self, identity: bytes, msg: Message) -> None:
-        ids = _dlq_ids(msg.header, allow_none=False)
+        ids = dlq_ids(msg.header, allow_none=False)
         done = self._dlq.remove(ids if ids is not None else list(self._dlq.items))
         if self._journal is not None:
             for dead in done:
@@ -816,72 +814,6 @@ def _journal_submitted(journal: TaskJournal, raw: bytes, fresh: list[dict[str, A
         return
     for task in fresh:
         journal.submitted(clean_task(task))
-
-
-def _task_problem(task: Any) -> str | None:
-    """Why a submitted task is invalid, or None."""
-    # fast path for the common well-formed task (exact types: a bool is not an int here)
-    if (type(task) is dict and type(task.get("id")) is str and type(task.get("args")) is dict
-            and type(task.get("process")) is str and task.get("heavy") is None):
-        tid, process = task["id"], task["process"]
-        return None if 0 < len(tid) <= MAX_ID_CHARS and process else _task_problem_slow(task)
-    return _task_problem_slow(task)
-
-
-def _task_problem_slow(task: Any) -> str | None:
-    try:
-        check_task(task)
-    except DecodeError as exc:
-        return exc.reason
-    if not 0 < len(task["id"]) <= MAX_ID_CHARS:
-        return "task-field:id"
-    if not task["process"]:
-        return "task-field:process"
-    return None
-
-
-def _task_id(task: Any) -> str:
-    tid = task.get("id") if isinstance(task, dict) else None
-    return tid if isinstance(tid, str) and len(tid) <= MAX_ID_CHARS else ""
-
-
-def _rejected(ids: list[str], code: str, reason: str, retry_after_ms: int) -> list[Any]:
-    return encode(Cmd.REJECTED, {"ids": ids, "code": code, "reason": reason,
-                                 "retry_after_ms": retry_after_ms})
-
-
-def _str_list(value: Any, limit: int) -> TypeGuard[list[str]]:
-    return (isinstance(value, list) and 0 < len(value) <= limit
-            and all(isinstance(v, str) and v for v in value))
-
-
-def _check_versions(versions: Any) -> None:
-    if not isinstance(versions, list):
-        raise DecodeError("header-field:versions")
-    if not any(v in SUPPORTED_VERSIONS for v in versions if isinstance(v, int)):
-        raise Refused("version", "version", f"no common version; supported: "
-                      f"{list(SUPPORTED_VERSIONS)}")
-
-
-def _dlq_ids(header: dict[str, Any], *, allow_none: bool) -> list[str] | None:
-    """The `ids` a DLQ command names; None means all (`all: true`, or nothing for a list)."""
-    ids, everything = header.get("ids"), header.get("all")
-    if ids is None:
-        if everything is True or allow_none:
-            return None
-        raise Refused("invalid", "dlq-without-ids", "name the ids, or set all: true")
-    if not isinstance(ids, list) or not all(type(i) is str for i in ids):
-        raise DecodeError("header-field:ids")
-    return ids
-
-
-def _decision_ok(d: Any) -> bool:
-    # exact type checks: cheaper than isinstance, and they refuse bool for int
-    if type(d) is not dict:
-        return False
-    status = d.get("status")
-    return (type(d.get("task")) is str and type(d.get("attempt")) is int
-            and type(status) is str and status in STATUSES)
 
 
 def serve(config: BrokerConfig, ready: Callable[[], None] | None = None,
