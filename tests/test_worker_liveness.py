@@ -26,6 +26,9 @@ class NoHeavy:
 
     alloc = export = open
 
+    def seal(self) -> None:
+        """Nothing was exported, so there is nothing to make read-only."""
+
 
 class Fakes:
     """A broker backend ROUTER and a sink (sync ROUTER, updates PULL, events PUB)."""
