@@ -170,6 +170,9 @@ def _add_roles(sub: Any) -> None:
     p.add_argument("--name", dest="worker.name")
     p.add_argument("--namespace", dest="heavy.namespace", help="heavy-zone namespace")
     p.add_argument("--heartbeat-ms", type=int, dest="worker.heartbeat_interval_ms")
+    p.add_argument("--heavy-remote", choices=["auto", "on", "off"], dest="worker.heavy_remote",
+                   help="heavy arrays as frames over the wire (a worker on another host than "
+                        "the sink); auto: when `updates` is tcp:// to another host")
     p.add_argument("--metrics-port", type=int, dest="metrics.worker_port", help="0: off")
     p.set_defaults(func=cmd_worker)
 

@@ -70,6 +70,11 @@ class WorkerConfig:
     snapshot_timeout_ms: int = 5000
     namespace: str = "default"
     max_message_bytes: int = 256 * 1024 * 1024
+    # Heavy arrays across hosts (docs/HEAVY.md): "on" sends heavy outputs as blob frames and
+    # fetches heavy inputs from the sink; "off" uses the sink's /dev/shm; "auto" is "on" when
+    # the `updates` endpoint is tcp:// to an address that is not on this host.
+    heavy_remote: str = "auto"
+    heavy_cache_bytes: int = 1 << 30  # remote: LRU of fetched heavy inputs, by (key, version)
 
 
 @dataclass(frozen=True, slots=True)

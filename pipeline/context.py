@@ -18,7 +18,9 @@ from pipeline.replica import StateReplica
 
 
 class HeavyBackend(Protocol):
-    """What the context needs of the heavy zone (pipeline.heavy provides it)."""
+    """What the context needs of the heavy zone (pipeline.heavy provides it: HeavyAllocator
+    on the sink's host, RemoteHeavy on another host). A backend may also have
+    `open_committed(key, version, desc)`, used for heavy inputs from the committed state."""
 
     def open(self, desc: Mapping[str, Any]) -> Any: ...
     def alloc(self, shape: Any, dtype: Any) -> Any: ...
@@ -54,6 +56,13 @@ class HeavyInputs:
             desc = self._ctx.read(key)
             if desc is None:
                 raise KeyError(key)
+            if self._backend is None:
+                raise ContractError("the heavy zone is not available in this worker")
+            # A backend may fetch committed values by (key, version) (a worker on another
+            # host: pipeline.heavy.remote); the same-host one maps the descriptor.
+            committed = getattr(self._backend, "open_committed", None)
+            if committed is not None:
+                return committed(key, self._ctx.reads[key], desc)
         if self._backend is None:
             raise ContractError("the heavy zone is not available in this worker")
         return self._backend.open(desc)

@@ -24,6 +24,16 @@ from pipeline.errors import DecodeError
 VERSION = 1
 SUPPORTED_VERSIONS = (1,)
 MAX_HEADER_BYTES = 64 * 1024 * 1024
+# UPDATE: frame 2 lists the heavy descriptors; blobs (heavy arrays from a worker on another
+# host) start at this frame index, and a placeholder `{frame: i, ...}` names its frame.
+FIRST_BLOB_FRAME = 3
+PLACEHOLDER_KEYS = frozenset({"frame", "dtype", "shape", "strides"})
+
+
+def is_placeholder(value: Any) -> bool:
+    """A heavy value that stands for a blob frame of its UPDATE (`{frame, dtype, shape,
+    strides}`; see docs/PROTOCOL.md, "Heavy arrays across hosts")."""
+    return type(value) is dict and "frame" in value
 
 
 class Cmd(IntEnum):
@@ -40,6 +50,8 @@ class Cmd(IntEnum):
     COMMIT = 0x22
     SNAPSHOT_REQ = 0x30
     SNAPSHOT = 0x31
+    HEAVY_REQ = 0x32
+    HEAVY = 0x33
     HELLO = 0x40
     UNBLOCK = 0x41
     BLOCKED = 0x42
@@ -72,6 +84,8 @@ SCHEMA: dict[Cmd, dict[str, type | tuple[type, ...]]] = {
     Cmd.COMMIT: {"events": list},
     Cmd.SNAPSHOT_REQ: {},
     Cmd.SNAPSHOT: {"version": int, "state": dict},
+    Cmd.HEAVY_REQ: {"key": str, "version": int},
+    Cmd.HEAVY: {"key": str, "version": int, "dtype": str, "shape": list},
     Cmd.HELLO: {"role": str},
     Cmd.UNBLOCK: {"process": str},
     Cmd.BLOCKED: {"process": str, "reason": str},

@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import numpy as np
 import zmq
 
 from pipeline import protocol as proto
@@ -28,8 +29,9 @@ from pipeline._engine import Batch, Engine
 from pipeline.api import HEAVY_PREFIX, ProcessSpec, load_app
 from pipeline.config import SinkConfig
 from pipeline.errors import DecodeError, HeavyError
-from pipeline.heavy import HeavyStore
+from pipeline.heavy import HeavyAllocator, HeavyReader, HeavyStore, descriptor
 from pipeline.heavy.names import namespace_dir
+from pipeline.heavy.remote import c_strides, check_blob, placeholder_layout
 from pipeline.protocol import Cmd
 from pipeline.security import apply_curve, stamp_identity
 
@@ -55,6 +57,12 @@ class Sink:
         self._fault = os.environ.get("PIPELINE_FAULT")
         self.heavy = HeavyStore(config.namespace)
         self._vetted: dict[bytes, str | None] = {}
+        # Heavy arrays from workers on other hosts (blob frames): placed in segments made
+        # here, and served to them (HEAVY_REQ) through reader leases. Both made on first use.
+        self._placer: HeavyAllocator | None = None
+        self._placed: set[bytes] = set()
+        self._refused = 0
+        self._server: HeavyReader | None = None
         self._reattach()
         self._next_reclaim = time.monotonic() + RECLAIM_INTERVAL_S
         self.ctx = ctx or zmq.Context()
@@ -107,6 +115,10 @@ class Sink:
         self.engine.flush()
         self.engine.close()
         self.heavy.close()
+        if self._placer is not None:
+            self._placer.close()
+        if self._server is not None:
+            self._server.close()
         for sock in (self.updates, self.events, self.sync, self.control, self.outbox):
             sock.close(linger=2000)
         if self._own_ctx:
@@ -152,11 +164,18 @@ class Sink:
         if frames:
             self._decide(frames)
 
-    def _recv_update(self) -> list[bytes]:
-        if self.config.curve is None:
-            return self.updates.recv_multipart(zmq.NOBLOCK)
+    def _recv_update(self) -> list[Any]:
+        """One UPDATE; blob frames (heavy arrays from another host) stay zmq.Frames, so
+        their bytes are copied once, into a segment, and not first into a bytes object."""
+        sock, curve = self.updates, self.config.curve is not None
+        msg: list[Any] = [sock.recv(zmq.NOBLOCK, copy=not curve)]
+        while sock.getsockopt(zmq.RCVMORE):
+            msg.append(sock.recv(copy=not curve and len(msg) < proto.FIRST_BLOB_FRAME))
+        if not curve:
+            return msg
         # CURVE: the journal records the authenticated sender (see pipeline/security.py)
-        return stamp_identity(self.updates.recv_multipart(zmq.NOBLOCK, copy=False))
+        head = proto.FIRST_BLOB_FRAME
+        return [*stamp_identity(msg[:head]), *msg[head:]]
 
     def _update_header(self, msg: list[bytes]) -> bytes | None:
         try:
@@ -167,6 +186,8 @@ class Sink:
         except DecodeError as exc:
             self._count_malformed(exc.reason)
             return None
+        if len(msg) > proto.FIRST_BLOB_FRAME:
+            return self._place_blobs(msg)
         if len(msg) > 2:
             self._vet(msg[2])
         return msg[1]
@@ -180,20 +201,88 @@ class Sink:
             self._count_malformed(exc.reason)
             return
         for desc in descs if isinstance(descs, list) else ():
-            try:
-                self.heavy.validate(desc)
-                reason = None
-            except HeavyError as exc:
-                reason = str(exc)
-                self._count_malformed("heavy-descriptor")
-            self._vetted[proto.pack(desc)] = reason
+            self._vet_one(desc)
+
+    def _vet_one(self, desc: Any) -> None:
+        try:
+            self.heavy.validate(desc)
+            reason = None
+        except HeavyError as exc:
+            reason = str(exc)
+            self._count_malformed("heavy-descriptor")
+        self._vetted[proto.pack(desc)] = reason
+
+    # -- heavy arrays from workers on other hosts ---------------------------------------
+    def _place_blobs(self, msg: list[Any]) -> bytes:
+        """An UPDATE with blob frames: copy each blob a placeholder names into a segment of
+        our own, put its descriptor in the placeholder's stead (vetted: we made it), and
+        return the re-encoded header. A bad placeholder is replaced by a refusal marker
+        vetted with the reason, so its update is rejected (rule "heavy"). A header that does
+        not decode goes to the engine as it is (it reports the malformed update)."""
+        try:
+            header = proto.unpack(_frame_bytes(msg[1]))
+            updates = header["updates"]
+        except (DecodeError, KeyError, TypeError):
+            return _frame_bytes(msg[1])
+        used: set[int] = set()
+        for update in updates if isinstance(updates, list) else ():
+            heavy = update.get("heavy") if isinstance(update, dict) else None
+            if not isinstance(heavy, dict):
+                continue
+            for key, value in heavy.items():
+                if proto.is_placeholder(value):
+                    heavy[key] = self._place(value, msg, used)
+                else:
+                    self._vet_one(value)
+        return proto.pack(header)
+
+    def _place(self, ph: dict[str, Any], msg: list[Any], used: set[int]) -> dict[str, Any]:
+        try:
+            index, dtype, shape = placeholder_layout(ph, len(msg), self.heavy.max_bytes)
+            if index in used:
+                raise HeavyError(f"blob frame {index} is named by two placeholders")
+            used.add(index)
+            blob = msg[index]
+            buf = blob.buffer if isinstance(blob, zmq.Frame) else memoryview(blob)
+            check_blob(buf.nbytes, dtype, shape)
+            desc = self._segment_for(np.frombuffer(buf, dtype=dtype).reshape(shape))
+        except HeavyError as exc:
+            self._count_malformed("heavy-placeholder")
+            return self._refusal(f"heavy frame refused: {exc}")
+        packed = proto.pack(desc)
+        self._vetted[packed] = None
+        self.counters["heavy_placed"] = self.counters.get("heavy_placed", 0) + 1
+        if not descriptor.is_inline(desc):
+            self._placed.add(packed)
+        return desc
+
+    def _segment_for(self, src: np.ndarray) -> dict[str, Any]:
+        """`src`'s bytes in a new segment of ours (or inline when small): the one copy."""
+        if self._placer is None:
+            self._placer = HeavyAllocator(self.config.namespace)
+        if src.nbytes < self._placer.inline_threshold_bytes:
+            return descriptor.encode_inline(src)
+        arr = self._placer.alloc(src.shape, src.dtype)
+        np.copyto(arr, src, casting="no")
+        desc = self._placer.export(arr)
+        del arr  # the allocator's lease goes with it: the store decides from here on
+        return desc
+
+    def _refusal(self, reason: str) -> dict[str, Any]:
+        """An empty inline value standing for a refused placeholder, vetted with `reason`
+        (`ns` makes each one unique, so each keeps its own reason)."""
+        self._refused += 1
+        marker = {"inline": b"", "dtype": "|u1", "shape": [0], "ns": f"refused-{self._refused}"}
+        self._vetted[proto.pack(marker)] = reason
+        return marker
 
     def _decide(self, frames: list[bytes]) -> None:
         vetted, self._vetted = self._vetted, {}
+        placed, self._placed = self._placed, set()
         batch = self.engine.apply_batch(frames, vetted or None)
         if self._fault == "crash-after-journal" and batch.commits:
             os._exit(FAULT_EXIT)  # fault injection (tests): journaled, nothing published
-        self._settle_heavy(batch, vetted)
+        self._settle_heavy(batch, vetted, placed)
         self.counters["batches"] += 1
         self.counters["updates"] += len(batch)
         self.counters["commits"] += batch.commits
@@ -252,18 +341,25 @@ class Sink:
             except DecodeError as exc:
                 self._count_malformed(exc.reason)
 
-    def _settle_heavy(self, batch: Batch, vetted: dict[bytes, str | None]) -> None:
+    def _settle_heavy(self, batch: Batch, vetted: dict[bytes, str | None],
+                      placed: set[bytes] | None = None) -> None:
         """Take ownership of committed segments (superseding older ones); free the rest,
         but only those whose descriptor passed vetting: a forged descriptor naming someone
-        else's segment must not get it freed."""
+        else's segment must not get it freed. Segments placed here from blob frames that
+        did not commit (their update was dropped as malformed too) are freed as well."""
+        placed = placed if placed is not None else set()
         for key, desc in batch.heavy_committed:
+            placed.discard(desc)
             try:
                 self.heavy.commit(key, proto.unpack(desc))
             except HeavyError as exc:
                 log.error("sink: committed heavy value %s could not be adopted: %s", key, exc)
         for desc in batch.heavy_dropped:
             if desc in vetted and vetted[desc] is None:
+                placed.discard(desc)
                 self.heavy.reject(proto.unpack(desc))
+        for desc in placed:
+            self.heavy.reject(proto.unpack(desc))
 
     def _after_batch(self, batch: Batch) -> None:
         for process, reason in batch.newly_blocked:
@@ -299,6 +395,8 @@ class Sink:
             return
         if msg.cmd is Cmd.SNAPSHOT_REQ:
             self._reply(ident, proto.encode_raw(Cmd.SNAPSHOT, self.engine.snapshot()))
+        elif msg.cmd is Cmd.HEAVY_REQ:
+            self._serve_heavy(ident, msg.header)
         elif msg.cmd is Cmd.UNBLOCK:
             self._unblock(ident, msg.header["process"])
         elif msg.cmd is Cmd.STATUS_REQ:
@@ -307,14 +405,43 @@ class Sink:
             self._count_malformed("unexpected-command")
             self._reply(ident, proto.error("unexpected-command", msg.cmd.name))
 
+    def _serve_heavy(self, ident: bytes, req: dict[str, Any]) -> None:
+        """HEAVY_REQ {key, version}: the key's committed array as one blob frame, sent
+        zero-copy from the segment under a reader lease (the segment is not freed while
+        ZeroMQ still sends from it). The current value is served even when it is newer than
+        the version asked for: the reply says which, and the worker's update then conflicts
+        on that key and runs again. ERROR `not-found` when the key holds no array."""
+        key, echo = req["key"], {"req": req.get("req")}
+        got = self.engine.get(key) if key.startswith(HEAVY_PREFIX) else None
+        if got is None:
+            self._reply(ident, proto.encode(Cmd.ERROR, {
+                "code": "not-found", "reason": f"no committed heavy value {key[:200]!r}",
+                "supported": list(proto.SUPPORTED_VERSIONS), **echo}))
+            return
+        version, raw = got
+        try:
+            if self._server is None:
+                self._server = HeavyReader(self.config.namespace)
+            arr = np.ascontiguousarray(self._server.open_array(proto.unpack(raw)))
+        except (HeavyError, DecodeError) as exc:
+            self._reply(ident, proto.encode(Cmd.ERROR, {
+                "code": "heavy", "reason": str(exc), "supported": list(proto.SUPPORTED_VERSIONS),
+                **echo}))
+            return
+        self.counters["heavy_served"] = self.counters.get("heavy_served", 0) + 1
+        header = {"key": key, "version": version, "dtype": arr.dtype.str,
+                  "shape": list(arr.shape), "strides": c_strides(arr.shape, arr.itemsize),
+                  **echo}
+        self._reply(ident, proto.encode(Cmd.HEAVY, header, arr), copy=False)
+
     def _unblock(self, ident: bytes, process: str) -> None:
         was = self.engine.unblock(process)
         self._send_control(proto.encode(Cmd.UNBLOCKED, {"process": process}))
         self._reply(ident, proto.encode(Cmd.STATUS, {"role": "sink", "unblocked": was}))
 
-    def _reply(self, ident: bytes, frames: list[Any]) -> None:
+    def _reply(self, ident: bytes, frames: list[Any], *, copy: bool = True) -> None:
         try:
-            self.sync.send_multipart([ident, *frames], zmq.NOBLOCK)
+            self.sync.send_multipart([ident, *frames], zmq.NOBLOCK, copy=copy)
         except (zmq.Again, zmq.ZMQError) as exc:
             log.warning("sink: reply to a sync client failed: %s", exc)
 
@@ -330,6 +457,10 @@ class Sink:
             "time": time.time(), "journal_bytes": _dir_bytes(self.config.journal_dir),
             "heavy": self.heavy.stats(),
         }
+
+
+def _frame_bytes(frame: Any) -> bytes:
+    return frame.bytes if isinstance(frame, zmq.Frame) else frame
 
 
 def _dir_bytes(path: str) -> int:

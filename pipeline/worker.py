@@ -55,10 +55,12 @@ class Worker:
                  heavy: HeavyBackend | None = None, ctx: zmq.Context[Any] | None = None) -> None:
         self.config = config
         self.specs = specs if specs is not None else load_app(config.app)
-        self.heavy = heavy if heavy is not None else _default_heavy(config.namespace)
-        self.replica = StateReplica()
         self.ctx = ctx or zmq.Context()
         self._own_ctx = ctx is None
+        self.heavy = heavy if heavy is not None else _default_heavy(config, self.ctx)
+        # A worker on another host than the sink: heavy outputs travel as blob frames.
+        self._blobs: Callable[[], list[Any]] | None = getattr(self.heavy, "take_frames", None)
+        self.replica = StateReplica()
         self.pending: deque[tuple[float, dict[str, Any]]] = deque()
         self.gate = KeyGate()
         self._stuck_reported = 0.0
@@ -243,6 +245,8 @@ class Worker:
         if not self.replica.synced:
             return
         updates, ran, deferred, now = [], [], deque(), time.monotonic()
+        if self._blobs is not None:
+            self._blobs()  # frames are numbered per UPDATE: drop any left from elsewhere
         while self.pending:
             since, task = self.pending.popleft()
             if not self._ready(since, task, now):
@@ -260,7 +264,12 @@ class Worker:
             self.counters["tasks"] += len(updates)
             if self.on_batch is not None:
                 self.on_batch(updates)
-            self.updates.send_multipart(frames)
+            if len(frames) > proto.FIRST_BLOB_FRAME:
+                # Zero-copy: ZeroMQ reads the (read-only, soon mprotected) arrays themselves
+                # and holds a reference to each until its frame is on the wire.
+                self.updates.send_multipart(frames, copy=False)
+            else:
+                self.updates.send_multipart(frames)
             self._seal()  # off the critical path: the sink already has the descriptors
             if not self._draining:
                 self._send_backend(Cmd.READY, {"credit": len(updates)})
@@ -294,8 +303,9 @@ class Worker:
     def _encode(self, updates: list[dict[str, Any]], tasks: list[dict[str, Any]]) -> list[Any]:
         """UPDATE frames for a batch. One encode for the whole batch; only when it fails is
         each update encoded alone, and one that cannot cross the wire becomes its error."""
+        blobs = self._blobs() if self._blobs is not None else None
         try:
-            return encode_updates(updates)
+            return encode_updates(updates, blobs)
         except Exception:  # some process returned a value msgpack cannot carry
             for i, (update, task) in enumerate(zip(updates, tasks, strict=True)):
                 try:
@@ -306,7 +316,7 @@ class Worker:
                                run_us=update["run_us"])
                     updates[i] = bad
                     self.gate.release([task["id"]])  # it writes nothing now
-            return encode_updates(updates)
+            return encode_updates(updates, blobs)
 
     def _run(self, task: dict[str, Any]) -> dict[str, Any]:
         spec = self.specs.get(task["process"])
@@ -396,12 +406,20 @@ def _plain_task(task: Any) -> bool:
             and task.get("heavy") is None)
 
 
-def encode_updates(updates: list[dict[str, Any]]) -> list[Any]:
-    """UPDATE frames; heavy descriptors are also listed in frame 2 for the sink to vet."""
+def encode_updates(updates: list[dict[str, Any]], blobs: list[Any] | None = None) -> list[Any]:
+    """UPDATE frames; heavy descriptors are also listed in frame 2 for the sink to vet.
+
+    `blobs` (a worker on another host): the arrays that placeholders `{frame: i, ...}` name,
+    appended from frame FIRST_BLOB_FRAME on; one no update refers to any more (its update
+    became an error) is sent as an empty frame, so that the numbering holds."""
     heavy = [desc for u in updates for desc in u["heavy"].values()]
     frames = proto.encode(Cmd.UPDATE, {"updates": updates})
-    if heavy:
+    if heavy or blobs:
         frames.append(proto.pack(heavy))
+    if blobs:
+        used = {d["frame"] for d in heavy if proto.is_placeholder(d)}
+        frames.extend(blob if proto.FIRST_BLOB_FRAME + i in used else b""
+                      for i, blob in enumerate(blobs))
     return frames
 
 
@@ -448,7 +466,15 @@ class KeyGate:
         return False
 
 
-def _default_heavy(namespace: str) -> HeavyBackend:
+def _default_heavy(config: WorkerConfig, ctx: zmq.Context[Any]) -> HeavyBackend:
+    from pipeline.heavy import remote
+
+    if remote.is_remote(config.heavy_remote, config.endpoints.updates):
+        log.info("worker %s: heavy arrays travel as frames (the sink is on another host)",
+                 config.name)
+        return remote.RemoteHeavy(ctx, config.endpoints.sync, namespace=config.namespace,
+                                  cache_bytes=config.heavy_cache_bytes,
+                                  max_message_bytes=config.max_message_bytes)
     from pipeline.heavy import HeavyAllocator
 
-    return HeavyAllocator(namespace)
+    return HeavyAllocator(config.namespace)
