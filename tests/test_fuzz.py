@@ -39,7 +39,7 @@ ACCEPTS = {
     "control": {Cmd.HELLO, Cmd.DECISION, Cmd.BLOCKED, Cmd.UNBLOCKED, Cmd.STATUS_REQ,
                 Cmd.HEARTBEAT, Cmd.DLQ_LIST, Cmd.DLQ_REQUEUE, Cmd.DLQ_PURGE, Cmd.ERROR},
     "updates": {Cmd.UPDATE},
-    "sync": {Cmd.SNAPSHOT_REQ, Cmd.UNBLOCK, Cmd.STATUS_REQ},
+    "sync": {Cmd.SNAPSHOT_REQ, Cmd.UNBLOCK, Cmd.STATUS_REQ, Cmd.HEAVY_REQ},
 }
 
 
