@@ -89,51 +89,44 @@ impl Decision {
         }
     }
 
-    /// What the de-duplication table keeps of a final decision.
-    pub fn to_final(&self) -> Final {
-        let plain = self.reason.is_empty() && self.rule.is_none() && self.level.is_none();
-        let detail = (!plain || self.error.is_some()).then(|| {
-            Box::new(Detail {
-                reason: self.reason.clone(),
-                rule: self.rule.clone(),
-                level: self.level,
-                error: self.error.clone(),
-            })
-        });
-        Final {
-            process: self.process.clone(),
-            attempt: self.attempt,
-            version: self.version,
-            blocked: self.blocked,
-            detail,
-        }
-    }
-
-    /// Append this decision as a msgpack map with every field of PROTOCOL.md.
+    /// Append this decision as a msgpack map with every field of PROTOCOL.md (the keys
+    /// are written as pre-encoded constants).
     pub fn encode(&self, buf: &mut Vec<u8>) {
-        put::map_len(buf, 11);
-        put::str(buf, "task");
+        buf.extend_from_slice(b"\x8b\xa4task");
         put::str(buf, &self.task);
-        put::str(buf, "status");
-        put::str(buf, self.status.as_str());
-        put::str(buf, "process");
+        buf.extend_from_slice(match self.status {
+            Status::Committed => b"\xa6status\xa9committed\xa7process",
+            Status::Duplicate => b"\xa6status\xa9duplicate\xa7process",
+            _ => b"\xa6status",
+        });
+        if !matches!(self.status, Status::Committed | Status::Duplicate) {
+            put::str(buf, self.status.as_str());
+            buf.extend_from_slice(b"\xa7process");
+        }
         put::str(buf, &self.process);
-        put::str(buf, "attempt");
+        buf.extend_from_slice(b"\xa7attempt");
         put::uint(buf, self.attempt);
-        put::str(buf, "version");
+        buf.extend_from_slice(b"\xa7version");
         put::uint(buf, self.version);
-        put::str(buf, "reason");
-        put::str(buf, &self.reason);
-        put::str(buf, "rule");
-        put::opt_str(buf, self.rule.as_deref());
-        put::str(buf, "level");
-        put::opt_str(buf, self.level.map(Level::as_str));
-        put::str(buf, "retry_after_ms");
+        if self.reason.is_empty() && self.rule.is_none() && self.level.is_none() {
+            buf.extend_from_slice(b"\xa6reason\xa0\xa4rule\xc0\xa5level\xc0\xaeretry_after_ms");
+        } else {
+            buf.extend_from_slice(b"\xa6reason");
+            put::str(buf, &self.reason);
+            buf.extend_from_slice(b"\xa4rule");
+            put::opt_str(buf, self.rule.as_deref());
+            buf.extend_from_slice(b"\xa5level");
+            put::opt_str(buf, self.level.map(Level::as_str));
+            buf.extend_from_slice(b"\xaeretry_after_ms");
+        }
         put::uint(buf, self.retry_after_ms);
-        put::str(buf, "error");
+        buf.extend_from_slice(b"\xa5error");
         self.encode_error(buf);
-        put::str(buf, "blocked");
-        put::bool(buf, self.blocked);
+        buf.extend_from_slice(if self.blocked {
+            b"\xa7blocked\xc3"
+        } else {
+            b"\xa7blocked\xc2"
+        });
     }
 
     pub(crate) fn encode_error(&self, buf: &mut Vec<u8>) {
@@ -173,35 +166,13 @@ impl Decision {
     }
 }
 
-/// A final decision as remembered for de-duplication (small: most commits have no detail).
-#[derive(Clone, Debug, PartialEq)]
-pub struct Final {
-    pub process: Arc<str>,
-    pub attempt: u64,
-    pub version: u64,
-    pub blocked: bool,
-    pub detail: Option<Box<Detail>>,
-}
-
+/// The details of a final decision beyond its status, version and attempt.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Detail {
     pub reason: String,
     pub rule: Option<String>,
     pub level: Option<Level>,
     pub error: Option<Box<ErrorInfo>>,
-}
-
-impl Final {
-    /// The answer to a repeated task: the original decision's fields, status "duplicate".
-    pub fn duplicate(&self, task: Arc<str>) -> Decision {
-        let mut d = Decision::new(task, self.process.clone(), self.attempt, Status::Duplicate);
-        (d.version, d.blocked) = (self.version, self.blocked);
-        if let Some(x) = &self.detail {
-            (d.reason, d.rule, d.level, d.error) =
-                (x.reason.clone(), x.rule.clone(), x.level, x.error.clone());
-        }
-        d
-    }
 }
 
 pub(crate) fn opt_str<'a>(r: &mut Reader<'a>) -> DecodeResult<Option<&'a str>> {
@@ -250,5 +221,55 @@ mod tests {
         let mut buf = Vec::new();
         d.encode(&mut buf);
         assert_eq!(Decision::decode(&mut Reader::new(&buf)), Ok(d));
+    }
+
+    /// The field-by-field encoding the pre-encoded keys must reproduce byte for byte.
+    fn encode_plainly(d: &Decision) -> Vec<u8> {
+        let mut b = Vec::new();
+        put::map_len(&mut b, 11);
+        for (k, v) in [("task", &*d.task), ("status", d.status.as_str()), ("process", &*d.process)] {
+            put::str(&mut b, k);
+            put::str(&mut b, v);
+        }
+        for (k, v) in [("attempt", d.attempt), ("version", d.version)] {
+            put::str(&mut b, k);
+            put::uint(&mut b, v);
+        }
+        put::str(&mut b, "reason");
+        put::str(&mut b, &d.reason);
+        put::str(&mut b, "rule");
+        put::opt_str(&mut b, d.rule.as_deref());
+        put::str(&mut b, "level");
+        put::opt_str(&mut b, d.level.map(Level::as_str));
+        put::str(&mut b, "retry_after_ms");
+        put::uint(&mut b, d.retry_after_ms);
+        put::str(&mut b, "error");
+        d.encode_error(&mut b);
+        put::str(&mut b, "blocked");
+        put::bool(&mut b, d.blocked);
+        b
+    }
+
+    #[test]
+    fn encoding_matches_the_plain_encoding() {
+        let statuses = [
+            Status::Committed,
+            Status::Rejected,
+            Status::Conflict,
+            Status::Duplicate,
+            Status::Blocked,
+            Status::Failed,
+        ];
+        for (i, status) in statuses.into_iter().enumerate() {
+            let mut d = Decision::new(Arc::from("task-1"), Arc::from("proc"), 300, status);
+            (d.version, d.blocked, d.retry_after_ms) = (70_000, i % 2 == 0, i as u64 * 8);
+            let mut buf = Vec::new();
+            d.encode(&mut buf);
+            assert_eq!(buf, encode_plainly(&d));
+            (d.reason, d.level) = ("why".into(), Some(Level::C));
+            buf.clear();
+            d.encode(&mut buf);
+            assert_eq!(buf, encode_plainly(&d));
+        }
     }
 }

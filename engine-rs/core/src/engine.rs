@@ -7,6 +7,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::audit_api::{ArrayField, Audit, AuditInput, Failure, Finding, Verdict};
 use crate::decision::{Decision, Status};
+use crate::dedup::TaskKey;
 use crate::error::{EngineError, Result};
 use crate::fxhash::{FxMap, FxSet};
 use crate::heavy::{map_segment, Mapped};
@@ -15,7 +16,7 @@ use crate::msgpack::put;
 use crate::outbox::{encode_event, followups, Outbox};
 use crate::record::{RecordWriter, Replay};
 use crate::store::Store;
-use crate::update::{decode, FrameUpdates, Loc, Scratch, Update};
+use crate::update::{FrameUpdates, Loc, Scratch, Update};
 
 /// Engine options.
 #[derive(Clone, Debug)]
@@ -40,6 +41,8 @@ impl Default for Config {
 
 struct Contract {
     name: Arc<str>,
+    /// The process's number in the de-duplication table.
+    pid: u32,
     inputs: FxSet<Box<str>>,
     outputs: FxSet<Box<str>>,
 }
@@ -92,8 +95,12 @@ pub struct Engine {
     heavy_dir: Option<PathBuf>,
     stopped: Option<String>,
     unusable: Option<String>,
+    /// The decisions and events messages of the batch being decided, where their items
+    /// start, and the sizes of the last ones (to size the next).
     decisions: Vec<u8>,
     events: Vec<u8>,
+    lists: (usize, usize),
+    sizes: (usize, usize),
     record: RecordWriter,
     outbox: Outbox,
 }
@@ -108,16 +115,6 @@ fn now() -> (u64, u64) {
 /// The back-off a conflicting attempt waits before its redispatch: 2, 4, 8, 16, 32, 50 ms.
 pub fn backoff_ms(attempt: u64) -> u64 {
     (1u64 << attempt.clamp(1, 6)).min(50)
-}
-
-/// Wrap a list body as `{"<name>": [<count> items]}`.
-fn wrap(name: &str, count: usize, body: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(body.len() + name.len() + 8);
-    put::map_len(&mut out, 1);
-    put::str(&mut out, name);
-    put::array_len(&mut out, count);
-    out.extend_from_slice(body);
-    out
 }
 
 impl Engine {
@@ -141,6 +138,8 @@ impl Engine {
             unusable: None,
             decisions: Vec::new(),
             events: Vec::new(),
+            lists: (0, 0),
+            sizes: (0, 0),
             record: RecordWriter::default(),
             outbox,
         })
@@ -153,8 +152,10 @@ impl Engine {
             ));
         }
         let set = |keys: &[String]| keys.iter().map(|k| k.as_str().into()).collect();
+        let (name, pid) = self.store.dedup.intern(process);
         let c = Contract {
-            name: Arc::from(process),
+            name,
+            pid,
             inputs: set(inputs),
             outputs: set(outputs),
         };
@@ -281,7 +282,7 @@ impl Engine {
 
     /// Decide every update of every frame, in order; one journal write for the batch.
     /// `vetted` holds the sink's verdict on each heavy descriptor (see [`Vetted`]).
-    pub fn apply_batch_vetted(&mut self, frames: &[Vec<u8>], vetted: &Vetted) -> Result<BatchOut> {
+    pub fn apply_batch_vetted<F: AsRef<[u8]>>(&mut self, frames: &[F], vetted: &Vetted) -> Result<BatchOut> {
         self.usable()?;
         let (now_ms, now_us) = now();
         let ctx = Ctx {
@@ -290,12 +291,11 @@ impl Engine {
             vetted,
         };
         let mut out = BatchOut::default();
-        self.decisions.clear();
-        self.events.clear();
+        self.start_output(frames, &mut out);
         let mut scratch = Scratch::default();
         let mut u = Update::default();
         for (fi, frame) in frames.iter().enumerate() {
-            let mut updates = match FrameUpdates::open(frame) {
+            let mut updates = match FrameUpdates::open(frame.as_ref()) {
                 Ok(f) => f,
                 Err(m) => {
                     out.malformed.push(format!("frame {fi}: {m}"));
@@ -303,8 +303,8 @@ impl Engine {
                 }
             };
             let mut ui = 0;
-            while let Some(raw) = updates.next_raw() {
-                match raw.and_then(|raw| decode(raw, &mut u, &mut scratch)) {
+            while let Some(res) = updates.next_update(&mut u, &mut scratch) {
+                match res {
                     Ok(()) => self.decide_one(&u, &scratch, &ctx, &mut out),
                     Err(m) => out.malformed.push(format!("frame {fi} update {ui}: {m}")),
                 }
@@ -320,10 +320,29 @@ impl Engine {
         Ok(out)
     }
 
+    /// Size the outputs for at most as many decisions as the frames announce, and start the
+    /// decisions and events messages in fresh buffers (handed over whole to the BatchOut).
+    fn start_output(&mut self, frames: &[impl AsRef<[u8]>], out: &mut BatchOut) {
+        let announced = frames.iter().map(|f| FrameUpdates::open(f.as_ref()).map_or(0, |f| f.left()));
+        let max: usize = announced.sum();
+        out.decisions.reserve_exact(max);
+        let (decisions, events) = self.sizes;
+        self.decisions = Vec::with_capacity(decisions.max(64));
+        self.events = Vec::with_capacity(events.max(64));
+        self.lists = (
+            put::list_start(&mut self.decisions, "decisions", max),
+            put::list_start(&mut self.events, "events", max),
+        );
+    }
+
     fn finish(&mut self, out: &mut BatchOut) {
-        out.decisions_msg = wrap("decisions", out.decisions.len(), &self.decisions);
+        let (decisions_at, events_at) = self.lists;
+        self.sizes = (self.decisions.len(), self.events.len());
+        put::list_end(&mut self.decisions, "decisions", decisions_at, out.decisions.len());
+        out.decisions_msg = std::mem::take(&mut self.decisions);
         if out.commits > 0 {
-            out.events_msg = Some(wrap("events", out.commits, &self.events));
+            put::list_end(&mut self.events, "events", events_at, out.commits);
+            out.events_msg = Some(std::mem::take(&mut self.events));
         }
     }
 
@@ -347,13 +366,14 @@ impl Engine {
     }
 
     fn decide(&mut self, u: &Update<'_>, s: &Scratch<'_>, ctx: &Ctx<'_>, out: &mut BatchOut) -> Decision {
-        if let Some(dup) = self.store.duplicate(u.task) {
+        let key = self.store.dedup.key(u.task);
+        if let Some(dup) = self.store.dedup.duplicate(key, u.task) {
             return dup;
         }
         let now = (ctx.now_ms, ctx.now_us);
-        let process = match self.contracts.get(u.process) {
-            Some(c) => c.name.clone(),
-            None => Arc::from(u.process),
+        let (process, pid) = match self.contracts.get(u.process) {
+            Some(c) => (c.name.clone(), c.pid),
+            None => self.store.dedup.intern(u.process),
         };
         let mut d = Decision::new(Arc::from(u.task), process, u.attempt, Status::Committed);
         let notes = self.judge(u, s, ctx, &mut d, out);
@@ -363,9 +383,9 @@ impl Engine {
             } else {
                 self.commit(u, s, &mut d, out);
             }
-            self.record(u, &d, notes);
+            self.record(u, (key, pid), &d, notes);
         } else {
-            self.record(u, &d, &[]);
+            self.record(u, (key, pid), &d, &[]);
         }
         d
     }
@@ -565,12 +585,13 @@ impl Engine {
     }
 
     /// Journal and remember a final decision (committed, rejected, failed).
-    fn record(&mut self, u: &Update<'_>, d: &Decision, notes: &[Finding]) {
+    /// `id` is the task's key and the process's number in the de-duplication table.
+    fn record(&mut self, u: &Update<'_>, id: (TaskKey, u32), d: &Decision, notes: &[Finding]) {
         if !d.status.is_final() {
             return;
         }
         self.record.entry(d, notes, u.raw);
-        self.store.dedup.insert(d.task.clone(), d.to_final());
+        self.store.dedup.insert(id.0, d, id.1);
     }
 }
 

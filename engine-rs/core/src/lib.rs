@@ -2,6 +2,7 @@
 pub mod audit;
 pub mod audit_api;
 pub mod decision;
+pub mod dedup;
 pub mod engine;
 pub mod error;
 pub mod fxhash;

@@ -7,7 +7,18 @@ use rmp::Marker;
 /// A short, counter-friendly reason why bytes could not be decoded.
 pub type DecodeResult<T> = Result<T, &'static str>;
 
+/// `bytes` as UTF-8; short ASCII strings (ids, keys, names) skip the general validator.
+#[inline]
+pub fn utf8(bytes: &[u8]) -> DecodeResult<&str> {
+    if bytes.is_ascii() {
+        // SAFETY: every ASCII byte sequence is valid UTF-8 (just checked).
+        return Ok(unsafe { std::str::from_utf8_unchecked(bytes) });
+    }
+    std::str::from_utf8(bytes).map_err(|_| "invalid utf-8")
+}
+
 /// A cursor over msgpack bytes. Every read checks bounds; nothing panics on bad input.
+#[derive(Clone, Copy)]
 pub struct Reader<'a> {
     buf: &'a [u8],
     pos: usize,
@@ -17,6 +28,12 @@ impl<'a> Reader<'a> {
     #[inline]
     pub fn new(buf: &'a [u8]) -> Self {
         Reader { buf, pos: 0 }
+    }
+
+    /// The bytes read since `from` (an earlier copy of this reader).
+    #[inline]
+    pub fn since(&self, from: &Reader<'a>) -> &'a [u8] {
+        &self.buf[from.pos..self.pos]
     }
 
     #[inline]
@@ -87,6 +104,12 @@ impl<'a> Reader<'a> {
 
     #[inline]
     pub fn str(&mut self) -> DecodeResult<&'a str> {
+        utf8(self.str_bytes()?)
+    }
+
+    /// The bytes of a str, unchecked as UTF-8 (for names only compared with constants).
+    #[inline]
+    pub fn str_bytes(&mut self) -> DecodeResult<&'a [u8]> {
         let n = match self.marker()? {
             Marker::FixStr(n) => u64::from(n),
             Marker::Str8 => self.be(1)?,
@@ -94,7 +117,7 @@ impl<'a> Reader<'a> {
             Marker::Str32 => self.be(4)?,
             _ => return Err("expected str"),
         };
-        std::str::from_utf8(self.take(n as usize)?).map_err(|_| "invalid utf-8")
+        self.take(n as usize)
     }
 
     #[inline]
@@ -297,6 +320,30 @@ pub mod put {
         buf.push(if v { Marker::True } else { Marker::False }.to_u8());
     }
 
+    /// Start `{"<name>": [...]}` in `buf` (empty) with room for the head of at most `max`
+    /// items; items are then appended. Returns where they start (for [`list_end`]).
+    pub fn list_start(buf: &mut Vec<u8>, name: &str, max: usize) -> usize {
+        map_len(buf, 1);
+        str(buf, name);
+        array_len(buf, max);
+        buf.len()
+    }
+
+    /// Write the head of the list begun by [`list_start`] for its actual `count` items
+    /// (at most the `max` reserved for), keeping the encoding canonical: the items move
+    /// down only if the shorter head needs fewer bytes.
+    pub fn list_end(buf: &mut Vec<u8>, name: &str, body_at: usize, count: usize) {
+        let mut head = Vec::with_capacity(body_at);
+        map_len(&mut head, 1);
+        str(&mut head, name);
+        array_len(&mut head, count);
+        if head.len() < body_at {
+            buf.copy_within(body_at.., head.len());
+            buf.truncate(buf.len() - (body_at - head.len()));
+        }
+        buf[..head.len()].copy_from_slice(&head);
+    }
+
     #[inline]
     pub fn opt_str(buf: &mut Vec<u8>, s: Option<&str>) {
         match s {
@@ -327,6 +374,22 @@ mod tests {
         assert_eq!(r.str().map(str::len), Ok(40));
         assert_eq!(r.raw(), Ok(&b[b.len() - 6..]));
         assert!(r.is_empty());
+    }
+
+    #[test]
+    fn lists_written_in_place_are_canonical() {
+        for (max, count) in [(3, 3), (20, 3), (70_000, 3), (70_000, 20), (70_000, 70_000), (20, 20)] {
+            let mut b = Vec::new();
+            let at = put::list_start(&mut b, "items", max);
+            (0..count).for_each(|i| put::uint(&mut b, i as u64 % 100));
+            put::list_end(&mut b, "items", at, count);
+            let mut want = Vec::new();
+            put::map_len(&mut want, 1);
+            put::str(&mut want, "items");
+            put::array_len(&mut want, count);
+            (0..count).for_each(|i| put::uint(&mut want, i as u64 % 100));
+            assert_eq!(b, want, "max {max} count {count}");
+        }
     }
 
     #[test]

@@ -12,14 +12,13 @@ pub const MAX_UNRELEASED: usize = 1 << 20;
 
 /// `{version, task, process, writes: {key: value}, signals: [...]}` from raw bytes.
 pub fn encode_event(b: &mut Vec<u8>, version: u64, u: &Update<'_>, s: &Scratch<'_>) {
-    put::map_len(b, 5);
-    put::str(b, "version");
+    b.extend_from_slice(b"\x85\xa7version");
     put::uint(b, version);
-    put::str(b, "task");
+    b.extend_from_slice(b"\xa4task");
     put::str(b, u.task);
-    put::str(b, "process");
+    b.extend_from_slice(b"\xa7process");
     put::str(b, u.process);
-    put::str(b, "writes");
+    b.extend_from_slice(b"\xa6writes");
     put::map_len(b, s.data.len() + s.heavy.len());
     for f in &s.data {
         put::str(b, f.name);
@@ -29,10 +28,12 @@ pub fn encode_event(b: &mut Vec<u8>, version: u64, u: &Update<'_>, s: &Scratch<'
         put::str(b, h.key);
         b.extend_from_slice(h.raw);
     }
-    put::str(b, "signals");
     match u.signals {
-        Some(raw) => b.extend_from_slice(raw),
-        None => put::array_len(b, 0),
+        Some(raw) => {
+            b.extend_from_slice(b"\xa7signals");
+            b.extend_from_slice(raw);
+        }
+        None => b.extend_from_slice(b"\xa7signals\x90"),
     }
 }
 

@@ -195,7 +195,8 @@ impl Replay<'_> {
         }
         let (mut u, mut s) = (Update::default(), Scratch::default());
         decode(raw, &mut u, &mut s).map_err(|_| "unreadable update")?;
-        let mut d = Decision::new(Arc::from(u.task), Arc::from(u.process), u.attempt, status);
+        let (process, pid) = self.store.dedup.intern(u.process);
+        let mut d = Decision::new(Arc::from(u.task), process, u.attempt, status);
         d.version = version;
         fill(&mut d);
         if status == Status::Committed {
@@ -207,7 +208,8 @@ impl Replay<'_> {
                 self.remember(version, &u, &s);
             }
         }
-        self.store.dedup.insert(d.task.clone(), d.to_final());
+        let key = self.store.dedup.key(u.task);
+        self.store.dedup.insert(key, &d, pid);
         Ok(())
     }
 

@@ -1,8 +1,6 @@
 //! Versioned state (key -> (version, msgpack value)) and the de-duplication table, rebuilt
 //! from the journal on open.
-use std::sync::Arc;
-
-use crate::decision::{Decision, Final};
+use crate::dedup::Dedup;
 use crate::fxhash::FxMap;
 use crate::msgpack::put;
 use crate::update::Scratch;
@@ -16,17 +14,10 @@ pub struct Slot {
 pub struct Store {
     pub state: FxMap<Box<str>, Slot>,
     pub version: u64,
-    pub dedup: FxMap<Arc<str>, Final>,
+    pub dedup: Dedup,
 }
 
 impl Store {
-    /// The repeat of an already decided task, if it was decided.
-    pub fn duplicate(&self, task: &str) -> Option<Decision> {
-        self.dedup
-            .get_key_value(task)
-            .map(|(k, f)| f.duplicate(k.clone()))
-    }
-
     /// A key's version: the global version at which it was last written; 0 when absent.
     pub fn key_version(&self, key: &str) -> u64 {
         self.state.get(key).map_or(0, |s| s.version)

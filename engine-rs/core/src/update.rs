@@ -128,8 +128,14 @@ impl<'a> FrameUpdates<'a> {
         Ok(FrameUpdates { r, left })
     }
 
-    /// The next update's raw bytes; an error ends the frame.
-    pub fn next_raw(&mut self) -> Option<Result<&'a [u8], Malformed>> {
+    /// How many updates are left to read (as the frame announces them).
+    pub fn left(&self) -> usize {
+        self.left
+    }
+
+    /// Decode the next update into `u` and `s`. A malformed update is skipped (the frame
+    /// goes on); bytes that are not one msgpack value end the frame.
+    pub fn next_update(&mut self, u: &mut Update<'a>, s: &mut Scratch<'a>) -> Option<Result<(), Malformed>> {
         if self.left == 0 {
             return (!self.r.is_empty()).then_some(Err(Malformed {
                 field: "frame",
@@ -137,12 +143,20 @@ impl<'a> FrameUpdates<'a> {
             }));
         }
         self.left -= 1;
-        let raw = at("updates", self.r.raw());
-        if raw.is_err() {
-            self.left = 0;
-            self.r = Reader::new(&[]);
+        let start = self.r;
+        let Err(bad) = decode_next(&mut self.r, u, s) else {
+            return Some(Ok(()));
+        };
+        // Find where the update ends, as if it had not been decoded.
+        self.r = start;
+        if let Err(why) = self.r.skip() {
+            (self.left, self.r) = (0, Reader::new(&[]));
+            return Some(Err(Malformed {
+                field: "updates",
+                why,
+            }));
         }
-        Some(raw)
+        Some(Err(bad))
     }
 }
 
@@ -170,17 +184,27 @@ fn entries(r: &mut Reader<'_>, field: &'static str) -> Result<usize, Malformed> 
 
 /// Decode one update (the raw bytes of one Update map) into `u` and `s`.
 pub fn decode<'a>(raw: &'a [u8], u: &mut Update<'a>, s: &mut Scratch<'a>) -> Result<(), Malformed> {
-    *u = Update {
-        raw,
-        ..Update::default()
-    };
-    s.clear();
     let mut r = Reader::new(raw);
+    decode_next(&mut r, u, s)?;
+    if !r.is_empty() {
+        return Err(Malformed {
+            field: "update",
+            why: "trailing bytes",
+        });
+    }
+    Ok(())
+}
+
+/// Decode the Update map at `r` into `u` and `s`; `u.raw` is its exact bytes.
+fn decode_next<'a>(r: &mut Reader<'a>, u: &mut Update<'a>, s: &mut Scratch<'a>) -> Result<(), Malformed> {
+    *u = Update::default();
+    s.clear();
+    let start = *r;
     let n = at("update", r.map_len())?;
     let mut seen = 0u32;
     for _ in 0..n {
-        let name = at("update", r.str())?;
-        let bit = field(name, &mut r, u, s)?;
+        let name = at("update", r.str_bytes())?;
+        let bit = field(name, r, u, s)?;
         if seen & bit != 0 {
             return Err(Malformed {
                 field: "update",
@@ -189,12 +213,7 @@ pub fn decode<'a>(raw: &'a [u8], u: &mut Update<'a>, s: &mut Scratch<'a>) -> Res
         }
         seen |= bit;
     }
-    if !r.is_empty() {
-        return Err(Malformed {
-            field: "update",
-            why: "trailing bytes",
-        });
-    }
+    u.raw = r.since(&start);
     required(u, seen)
 }
 
@@ -225,28 +244,28 @@ fn required(u: &Update<'_>, seen: u32) -> Result<(), Malformed> {
     Ok(())
 }
 
-/// Decode one named field; returns its bit in the "seen" mask.
+/// Decode one named field; returns its bit in the "seen" mask (one bit per field name).
 fn field<'a>(
-    name: &str,
+    name: &[u8],
     r: &mut Reader<'a>,
     u: &mut Update<'a>,
     s: &mut Scratch<'a>,
 ) -> Result<u32, Malformed> {
     match name {
-        "task" => u.task = at("task", r.str())?,
-        "process" => u.process = at("process", r.str())?,
-        "attempt" => u.attempt = at("attempt", r.uint())?,
-        "worker" => u.worker = at("worker", r.str())?,
-        "reads" => reads(r, s)?,
-        "base" => u.base = opt_uint(r, "base")?,
-        "expect" => u.expect = opt_uint(r, "expect")?,
-        "args" => fields(r, "args", &mut s.args)?,
-        "data" => fields(r, "data", &mut s.data)?,
-        "heavy" => heavy(r, s)?,
-        "error" => u.error = error(r)?,
-        "signals" => u.signals = Some(signals(r)?),
-        "tasks" => u.tasks = Some(tasks(r)?),
-        "run_us" => u.run_us = at("run_us", r.uint())?,
+        b"task" => u.task = at("task", r.str())?,
+        b"process" => u.process = at("process", r.str())?,
+        b"attempt" => u.attempt = at("attempt", r.uint())?,
+        b"worker" => u.worker = at("worker", r.str())?,
+        b"reads" => reads(r, s)?,
+        b"base" => u.base = opt_uint(r, "base")?,
+        b"args" => fields(r, "args", &mut s.args)?,
+        b"data" => fields(r, "data", &mut s.data)?,
+        b"heavy" => heavy(r, s)?,
+        b"error" => u.error = error(r)?,
+        b"signals" => u.signals = Some(signals(r)?),
+        b"tasks" => u.tasks = Some(tasks(r)?),
+        b"run_us" => u.run_us = at("run_us", r.uint())?,
+        b"expect" => u.expect = opt_uint(r, "expect")?,
         _ => {
             return Err(Malformed {
                 field: "update",
@@ -257,12 +276,27 @@ fn field<'a>(
     Ok(field_bit(name))
 }
 
-fn field_bit(name: &str) -> u32 {
-    const NAMES: [&str; 14] = [
-        "task", "process", "attempt", "worker", "reads", "base", "args", "data", "heavy", "error",
-        "signals", "tasks", "run_us", "expect",
-    ];
-    NAMES.iter().position(|n| *n == name).map_or(0, |i| 1 << i)
+/// The field's bit: by its length and first byte, which tell the 14 names apart (the name
+/// is known to be one of them).
+#[inline]
+fn field_bit(name: &[u8]) -> u32 {
+    match (name.len(), name[0]) {
+        (4, b't') => TASK,
+        (7, b'p') => PROCESS,
+        (7, b'a') => ATTEMPT,
+        (6, b'w') => 1 << 3,
+        (5, b'r') => 1 << 4,
+        (4, b'b') => 1 << 5,
+        (4, b'a') => 1 << 6,
+        (4, b'd') => 1 << 7,
+        (5, b'h') => 1 << 8,
+        (5, b'e') => 1 << 9,
+        (7, b's') => 1 << 10,
+        (5, b't') => 1 << 11,
+        (6, b'r') => 1 << 12,
+        (6, b'e') => 1 << 13,
+        _ => 0,
+    }
 }
 
 fn reads<'a>(r: &mut Reader<'a>, s: &mut Scratch<'a>) -> Result<(), Malformed> {
@@ -507,4 +541,20 @@ fn tasks<'a>(r: &mut Reader<'a>) -> Result<&'a [u8], Malformed> {
         }
     }
     Ok(raw)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::field_bit;
+
+    #[test]
+    fn every_field_has_its_own_bit() {
+        let names = [
+            "task", "process", "attempt", "worker", "reads", "base", "args", "data", "heavy",
+            "error", "signals", "tasks", "run_us", "expect",
+        ];
+        let bits: Vec<u32> = names.iter().map(|n| field_bit(n.as_bytes())).collect();
+        let all = bits.iter().fold(0, |acc, b| acc | b);
+        assert_eq!((all.count_ones(), bits.iter().all(|b| b.count_ones() == 1)), (14, true));
+    }
 }

@@ -1,0 +1,328 @@
+//! The de-duplication table: every final decision ever journalled, by task id, so that a
+//! late repeat of any task gets its original decision back (exactly-once; entries are never
+//! forgotten).
+//!
+//! A task id is not stored: the table is keyed by a 128-bit SipHash-1-3 of it under a key
+//! drawn from the OS's randomness when the engine opens (the table is rebuilt from the
+//! journal on every open, so the key never has to persist). Two distinct ids share a key
+//! with probability about 2^-128 per pair (n^2 / 2^129 for n ids: ~3e-21 for a billion);
+//! since the key is secret, nobody can choose ids that collide. That is the one accepted
+//! departure from exact comparison: a colliding id would be answered as a duplicate.
+//!
+//! An entry is 40 bytes with no heap allocation: the key, the version, the attempt, the
+//! process (interned) and an index into a side table holding the rare details (a reason,
+//! rule, level or error; an attempt beyond u32).
+use std::collections::HashMap;
+use std::hash::{BuildHasher, BuildHasherDefault, Hasher, RandomState};
+use std::sync::Arc;
+
+use crate::decision::{Decision, Detail, Status};
+use crate::fxhash::FxMap;
+
+/// SipHash-1-3 with a 128-bit output (the reference algorithm, `c = 1`, `d = 3`).
+#[derive(Clone, Copy)]
+pub struct Sip128 {
+    k0: u64,
+    k1: u64,
+}
+
+#[inline(always)]
+fn round(v: &mut [u64; 4]) {
+    v[0] = v[0].wrapping_add(v[1]);
+    v[1] = v[1].rotate_left(13) ^ v[0];
+    v[0] = v[0].rotate_left(32);
+    v[2] = v[2].wrapping_add(v[3]);
+    v[3] = v[3].rotate_left(16) ^ v[2];
+    v[0] = v[0].wrapping_add(v[3]);
+    v[3] = v[3].rotate_left(21) ^ v[0];
+    v[2] = v[2].wrapping_add(v[1]);
+    v[1] = v[1].rotate_left(17) ^ v[2];
+    v[2] = v[2].rotate_left(32);
+}
+
+impl Sip128 {
+    pub fn new(k0: u64, k1: u64) -> Self {
+        Sip128 { k0, k1 }
+    }
+
+    /// A key nobody outside this process can know (std's OS-seeded `RandomState`).
+    pub fn random() -> Self {
+        let s = RandomState::new();
+        Sip128::new(s.hash_one(0x5eed_u64), s.hash_one(0x5eed_u64 + 1))
+    }
+
+    /// SipHash-C-D of `msg`: 128 bits when `wide`, else the 64-bit variant (high half 0).
+    #[inline]
+    fn sip<const C: usize, const D: usize>(&self, msg: &[u8], wide: bool) -> [u64; 2] {
+        let mut v = [
+            self.k0 ^ 0x736f_6d65_7073_6575,
+            self.k1 ^ 0x646f_7261_6e64_6f6d,
+            self.k0 ^ 0x6c79_6765_6e65_7261,
+            self.k1 ^ 0x7465_6462_7974_6573,
+        ];
+        if wide {
+            v[1] ^= 0xee;
+        }
+        let compress = |v: &mut [u64; 4], m: u64| {
+            v[3] ^= m;
+            (0..C).for_each(|_| round(v));
+            v[0] ^= m;
+        };
+        let mut words = msg.chunks_exact(8);
+        for w in &mut words {
+            compress(&mut v, u64::from_le_bytes(w.try_into().unwrap_or_default()));
+        }
+        let mut last = [0u8; 8];
+        last[..words.remainder().len()].copy_from_slice(words.remainder());
+        last[7] = msg.len() as u8;
+        compress(&mut v, u64::from_le_bytes(last));
+        v[2] ^= if wide { 0xee } else { 0xff };
+        (0..D).for_each(|_| round(&mut v));
+        let lo = v[0] ^ v[1] ^ v[2] ^ v[3];
+        if !wide {
+            return [lo, 0];
+        }
+        v[1] ^= 0xdd;
+        (0..D).for_each(|_| round(&mut v));
+        [lo, v[0] ^ v[1] ^ v[2] ^ v[3]]
+    }
+
+    #[inline]
+    pub fn hash(&self, msg: &[u8]) -> [u64; 2] {
+        self.sip::<1, 3>(msg, true)
+    }
+}
+
+/// A task id's 128-bit key.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct TaskKey([u64; 2]);
+
+impl std::hash::Hash for TaskKey {
+    #[inline]
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        state.write_u64(self.0[0]);
+    }
+}
+
+/// The key is already a keyed hash: use its first word as is.
+#[derive(Default, Clone, Copy)]
+pub struct KeyHasher(u64);
+
+impl Hasher for KeyHasher {
+    #[inline]
+    fn write(&mut self, _: &[u8]) {
+        unreachable!("TaskKey hashes through write_u64 only")
+    }
+
+    #[inline]
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+
+    #[inline]
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+/// `Fin::detail` when there is none.
+const NO_DETAIL: u32 = u32::MAX;
+
+/// What the table keeps of one final decision.
+#[derive(Clone, Copy)]
+struct Fin {
+    version: u64,
+    attempt: u32,
+    process: u32,
+    detail: u32,
+    blocked: bool,
+}
+
+/// The details of a final decision that a plain commit does not have.
+struct Extra {
+    attempt: u64,
+    detail: Detail,
+}
+
+/// Process names, each stored once, numbered in order of first sight.
+#[derive(Default)]
+struct Interner {
+    ids: FxMap<Arc<str>, u32>,
+    names: Vec<Arc<str>>,
+}
+
+impl Interner {
+    fn intern(&mut self, name: &str) -> (Arc<str>, u32) {
+        if let Some((k, id)) = self.ids.get_key_value(name) {
+            return (k.clone(), *id);
+        }
+        let (name, id): (Arc<str>, u32) = (Arc::from(name), self.names.len() as u32);
+        self.names.push(name.clone());
+        self.ids.insert(name.clone(), id);
+        (name, id)
+    }
+}
+
+/// The table. See the module documentation.
+pub struct Dedup {
+    sip: Sip128,
+    map: HashMap<TaskKey, Fin, BuildHasherDefault<KeyHasher>>,
+    processes: Interner,
+    extras: Vec<Extra>,
+}
+
+impl Default for Dedup {
+    fn default() -> Self {
+        Dedup::new(Sip128::random())
+    }
+}
+
+impl Dedup {
+    pub fn new(sip: Sip128) -> Self {
+        Dedup {
+            sip,
+            map: HashMap::default(),
+            processes: Interner::default(),
+            extras: Vec::new(),
+        }
+    }
+
+    #[inline]
+    pub fn key(&self, task: &str) -> TaskKey {
+        TaskKey(self.sip.hash(task.as_bytes()))
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    /// The shared copy of a process name and its number.
+    pub fn intern(&mut self, process: &str) -> (Arc<str>, u32) {
+        self.processes.intern(process)
+    }
+
+    /// The repeat of an already decided task (`task` is its id, `key` the id's key): the
+    /// original decision's fields, status "duplicate".
+    #[inline]
+    pub fn duplicate(&self, key: TaskKey, task: &str) -> Option<Decision> {
+        let f = self.map.get(&key)?;
+        let process = self.processes.names[f.process as usize].clone();
+        let mut d = Decision::new(
+            Arc::from(task),
+            process,
+            u64::from(f.attempt),
+            Status::Duplicate,
+        );
+        (d.version, d.blocked) = (f.version, f.blocked);
+        if let Some(x) = self.extras.get(f.detail as usize) {
+            d.attempt = x.attempt;
+            let x = &x.detail;
+            (d.reason, d.rule, d.level, d.error) =
+                (x.reason.clone(), x.rule.clone(), x.level, x.error.clone());
+        }
+        Some(d)
+    }
+
+    /// Remember final decision `d` (of process number `process`) under `key`.
+    #[inline]
+    pub fn insert(&mut self, key: TaskKey, d: &Decision, process: u32) {
+        let plain =
+            d.reason.is_empty() && d.rule.is_none() && d.level.is_none() && d.error.is_none();
+        let attempt = u32::try_from(d.attempt).ok().filter(|a| *a != u32::MAX);
+        let detail = match attempt {
+            Some(_) if plain => NO_DETAIL,
+            _ => self.extra(d),
+        };
+        let fin = Fin {
+            version: d.version,
+            attempt: attempt.unwrap_or(0),
+            process,
+            detail,
+            blocked: d.blocked,
+        };
+        if self.map.len() == self.map.capacity() {
+            // Grow fourfold: fewer rehashes of a table that only grows.
+            self.map.reserve(self.map.len().max(1 << 14) * 3);
+        }
+        self.map.insert(key, fin);
+    }
+
+    fn extra(&mut self, d: &Decision) -> u32 {
+        self.extras.push(Extra {
+            attempt: d.attempt,
+            detail: Detail {
+                reason: d.reason.clone(),
+                rule: d.rule.clone(),
+                level: d.level,
+                error: d.error.clone(),
+            },
+        });
+        (self.extras.len() - 1) as u32
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reference_key() -> Sip128 {
+        Sip128::new(0x0706_0504_0302_0100, 0x0f0e_0d0c_0b0a_0908)
+    }
+
+    #[test]
+    fn siphash_matches_the_reference_vectors() {
+        // The first vectors of the reference implementation (key 00..0f, empty message).
+        let k = reference_key();
+        assert_eq!(k.sip::<2, 4>(b"", false)[0], 0x726f_db47_dd0e_0e31);
+        let wide = k.sip::<2, 4>(b"", true);
+        let mut bytes = [0u8; 16];
+        bytes[..8].copy_from_slice(&wide[0].to_le_bytes());
+        bytes[8..].copy_from_slice(&wide[1].to_le_bytes());
+        let want = [
+            0xa3, 0x81, 0x7f, 0x04, 0xba, 0x25, 0xa8, 0xe6, 0x6d, 0xf6, 0x72, 0x14, 0xc7, 0x55,
+            0x02, 0x93,
+        ];
+        assert_eq!(bytes, want);
+        // SipHash-1-3 (64-bit) of the empty message under a zero key, as other
+        // implementations give it: the same code with c = 1, d = 3.
+        let zero = Sip128::new(0, 0);
+        assert_eq!(zero.sip::<1, 3>(b"", false)[0], 0xd1fb_a762_150c_532c);
+    }
+
+    #[test]
+    fn every_length_hashes_distinctly() {
+        let k = reference_key();
+        let msg: Vec<u8> = (0..64).collect();
+        let keys: std::collections::HashSet<[u64; 2]> =
+            (0..=64).map(|n| k.hash(&msg[..n])).collect();
+        assert_eq!(keys.len(), 65);
+    }
+
+    #[test]
+    fn remembers_plain_and_detailed_decisions() {
+        let mut t = Dedup::new(reference_key());
+        let (p, pid) = t.intern("proc");
+        let mut d = Decision::new(Arc::from("a"), p.clone(), 3, Status::Committed);
+        d.version = 7;
+        t.insert(t.key("a"), &d, pid);
+        let mut r = Decision::new(Arc::from("b"), p, u64::MAX, Status::Rejected);
+        (r.reason, r.rule, r.blocked) = ("no".into(), Some("rule".into()), true);
+        t.insert(t.key("b"), &r, pid);
+        let a = t.duplicate(t.key("a"), "a").expect("a");
+        assert_eq!(
+            (a.status, a.version, a.attempt, &*a.process),
+            (Status::Duplicate, 7, 3, "proc")
+        );
+        let b = t.duplicate(t.key("b"), "b").expect("b");
+        assert_eq!(
+            (b.attempt, b.reason.as_str(), b.rule.as_deref(), b.blocked),
+            (u64::MAX, "no", Some("rule"), true)
+        );
+        assert!(t.duplicate(t.key("c"), "c").is_none());
+        assert_eq!(t.len(), 2);
+    }
+}
