@@ -188,3 +188,30 @@ def test_c_strides() -> None:
     assert c_strides((2, 3, 4), 8) == [96, 32, 8]
     assert c_strides((), 8) == []
     assert c_strides((0, 5), 4) == [20, 4]
+
+
+def test_blob_frames_are_numbered_across_a_batch() -> None:
+    from pipeline.heavy.remote import RemoteHeavy
+    from pipeline.worker import encode_updates
+
+    with zmq.Context() as ctx:
+        heavy = RemoteHeavy(ctx, "inproc://unused")
+        a = heavy.alloc((N,), "float64")
+        a[:] = 1.0
+        first = heavy.export(a, defer_seal=True)
+        second = heavy.export(np.arange(N, dtype=np.int32))  # not ours: copied once
+        lost = heavy.export(np.zeros(N))  # its update became an error below
+        small = heavy.export(np.ones(4))
+        assert (first["frame"], second["frame"], lost["frame"]) == (3, 4, 5)
+        assert "inline" in small and second["strides"] == [4]
+        with pytest.raises(ValueError):
+            a[0] = 2.0  # flagged read-only at export
+        heavy.seal()
+        updates = [{"heavy": {"heavy.a": first}}, {"heavy": {"heavy.b": second,
+                                                             "heavy.c": small}}]
+        frames = encode_updates(updates, heavy.take_frames())
+        assert len(frames) == 6 and frames[5] == b""
+        assert proto.unpack(frames[2]) == [first, second, small]
+        assert np.shares_memory(frames[3], a)  # the array itself, sent without a copy
+        assert heavy.take_frames() == []
+        heavy.close()
