@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use pipeline_core as core;
 use pipeline_core::EngineError as CoreError;
-use pyo3::buffer::PyUntypedBuffer;
-use pyo3::exceptions::{PyIndexError, PyValueError};
+use pyo3::buffer::{PyBuffer, PyUntypedBuffer};
+use pyo3::exceptions::{PyIndexError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyMapping, PySequence};
 
@@ -33,7 +33,8 @@ fn to_py(py: Python<'_>, err: CoreError) -> PyErr {
     }
 }
 
-/// The one place the binding releases the GIL. Inputs must already be owned Rust values.
+/// The one place the binding releases the GIL. Inputs must already be owned Rust values
+/// (or, for the frames of a batch, held as [`Frames`] explains).
 fn without_gil<T: Send>(py: Python<'_>, f: impl FnOnce() -> T + Send) -> T {
     py.detach(f)
 }
@@ -204,14 +205,55 @@ fn wrap_events(count: usize, body: &[u8]) -> Vec<u8> {
     out
 }
 
-/// Copy every frame into owned bytes (so the batch can run without the GIL).
-fn owned_frames(frames: &Bound<'_, PyAny>) -> PyResult<Vec<Vec<u8>>> {
-    let seq = frames.cast::<PySequence>()?;
-    let mut out = Vec::with_capacity(seq.len()?);
-    for item in seq.try_iter()? {
-        out.push(item?.cast::<PyBytes>()?.as_bytes().to_vec());
+/// The frames of one batch, readable without the GIL: each `bytes` frame in place (a
+/// reference to it is held here), any other buffer copied.
+struct Frames<'py> {
+    held: Vec<Bound<'py, PyBytes>>,
+    copies: Vec<Vec<u8>>,
+    /// (address, length) of each frame's bytes, in order.
+    spans: Vec<(usize, usize)>,
+}
+
+impl<'py> Frames<'py> {
+    fn new(frames: &Bound<'py, PyAny>) -> PyResult<Self> {
+        let seq = frames.cast::<PySequence>()?;
+        let n = seq.len()?;
+        let mut out = Frames {
+            held: Vec::with_capacity(n),
+            copies: Vec::new(),
+            spans: Vec::with_capacity(n),
+        };
+        for item in seq.try_iter()? {
+            let item = item?;
+            let bytes = match item.cast_into::<PyBytes>() {
+                Ok(b) => b,
+                Err(e) => {
+                    let copy = PyBuffer::<u8>::get(e.into_inner().as_any()).and_then(|b| b.to_vec(frames.py()));
+                    let copy = copy.map_err(|_| PyTypeError::new_err("frames must be bytes (or buffers of bytes)"))?;
+                    out.spans.push((copy.as_ptr() as usize, copy.len()));
+                    out.copies.push(copy);
+                    continue;
+                }
+            };
+            let b = bytes.as_bytes();
+            out.spans.push((b.as_ptr() as usize, b.len()));
+            out.held.push(bytes);
+        }
+        Ok(out)
     }
-    Ok(out)
+
+    /// The frames as slices, for use without the GIL while `self` lives.
+    fn slices(spans: &[(usize, usize)]) -> Vec<&[u8]> {
+        let slice = |&(ptr, len): &(usize, usize)| {
+            // SAFETY: each span is the data of a `bytes` object in `held` or of a Vec in
+            // `copies`. A `bytes` object is immutable and its data lives inside the object,
+            // which CPython never moves; the reference in `held` keeps it alive (whatever
+            // other threads do to the caller's sequence) until `Frames` drops, after the
+            // batch. The copies are owned by `copies`, never touched while the batch runs.
+            unsafe { std::slice::from_raw_parts(ptr as *const u8, len) }
+        };
+        spans.iter().map(slice).collect()
+    }
 }
 
 /// The sink's verdicts on heavy descriptors: `{descriptor bytes: None | reason}`.
@@ -283,13 +325,16 @@ impl Engine {
         frames: &Bound<'_, PyAny>,
         vetted: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Batch> {
-        let frames = owned_frames(frames)?;
+        let frames = Frames::new(frames)?;
         let vetted = owned_vetted(vetted)?;
+        let spans = &frames.spans;
         let apply = || {
+            let slices = Frames::slices(spans);
             self.lock()
-                .and_then(|mut e| e.apply_batch_vetted(&frames, &vetted))
+                .and_then(|mut e| e.apply_batch_vetted(&slices, &vetted))
         };
         let out = without_gil(py, apply);
+        drop(frames);
         let out = out.map_err(|e| to_py(py, e))?;
         let decisions = PyBytes::new(py, &out.decisions_msg).unbind();
         let events = out
