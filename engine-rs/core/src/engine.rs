@@ -327,8 +327,9 @@ impl Engine {
         let max: usize = announced.sum();
         out.decisions.reserve_exact(max);
         let (decisions, events) = self.sizes;
-        self.decisions = Vec::with_capacity(decisions.max(64));
-        self.events = Vec::with_capacity(events.max(64));
+        // A little more than the last batch needed: batches of similar size never regrow.
+        self.decisions = Vec::with_capacity((decisions + decisions / 4).max(64));
+        self.events = Vec::with_capacity((events + events / 4).max(64));
         self.lists = (
             put::list_start(&mut self.decisions, "decisions", max),
             put::list_start(&mut self.events, "events", max),
