@@ -12,6 +12,7 @@ import contextlib
 import logging
 import os
 import selectors
+import shutil
 import signal
 import subprocess
 import sys
@@ -143,6 +144,7 @@ class Cluster:
     worker_children: list[Child] = field(default_factory=list)
 
     def __post_init__(self) -> None:
+        self._own_run_dir = self.run_dir is None
         if self.run_dir is None:
             self.run_dir = tempfile.mkdtemp(prefix="pipeline-")
         self.endpoints = Endpoints.embedded(self.run_dir)
@@ -217,6 +219,8 @@ class Cluster:
             from pipeline.heavy.names import namespace_dir
 
             purge_namespace(namespace_dir(str(self.namespace)))
+        if self._own_run_dir:  # a temporary deployment: its journals and sockets go too
+            shutil.rmtree(str(self.run_dir), ignore_errors=True)
         return codes
 
     def __enter__(self) -> Cluster:

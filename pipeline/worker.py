@@ -161,7 +161,13 @@ class Worker:
             self.counters["malformed"] += 1
             log.warning("worker: unexpected command %s", msg.cmd.name)
             return
-        handler(self, msg.header)
+        try:
+            handler(self, msg.header)
+        except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
+            # a well-framed message with bad content (a forged COMMIT or SNAPSHOT, say)
+            self.counters["malformed"] += 1
+            log.warning("worker: %s with bad content dropped (%s: %s)", msg.cmd.name,
+                        type(exc).__name__, exc)
 
     # -- handlers --------------------------------------------------------------------------
     def _on_dispatch(self, header: dict[str, Any]) -> None:
@@ -187,6 +193,8 @@ class Worker:
             self.request_snapshot()
 
     def _on_snapshot(self, header: dict[str, Any]) -> None:
+        if self.replica.synced and header["version"] <= self.replica.version:
+            return  # an older reply to an earlier request: the stream is already past it
         self.replica.load_snapshot(header)
         buffered, self._buffered = self._buffered, []
         if not self.replica.apply(buffered):
@@ -254,7 +262,7 @@ class Worker:
                 continue
             self._seal()  # no task code runs while an exported array is still writable
             update = self.execute(task, check=False)
-            if update["data"] or update["heavy"]:
+            if update["data"] or update["heavy"]:  # later tasks of this batch must wait too
                 self.gate.hold(update["task"], [*update["data"], *update["heavy"]], now + GATE_S)
             updates.append(update)
             ran.append(task)
@@ -270,9 +278,19 @@ class Worker:
                 self.updates.send_multipart(frames, copy=False)
             else:
                 self.updates.send_multipart(frames)
+            self._hold_written(updates)
             self._seal()  # off the critical path: the sink already has the descriptors
             if not self._draining:
                 self._send_backend(Cmd.READY, {"credit": len(updates)})
+
+    def _hold_written(self, updates: list[dict[str, Any]]) -> None:
+        """Gate the keys these updates write until their commits come back (or time out):
+        held as each task ran, the deadline now restarts from the send, however long the
+        batch took."""
+        deadline = time.monotonic() + GATE_S
+        for update in updates:
+            if update["data"] or update["heavy"]:
+                self.gate.hold(update["task"], [*update["data"], *update["heavy"]], deadline)
 
     def _seal(self) -> None:
         if self.heavy is not None:
@@ -329,6 +347,7 @@ class Worker:
     # -- housekeeping ----------------------------------------------------------------------
     def _housekeeping(self) -> None:
         now = time.monotonic()
+        self.gate.sweep(now)
         interval = self.config.heartbeat_interval_ms / 1000
         if self._registered and now - self._last_send > interval:
             self._send_backend(Cmd.HEARTBEAT, {})
@@ -428,41 +447,52 @@ class KeyGate:
 
     A task whose process declares such a key waits: run now, it would read the value from
     before our own pending write and conflict. A key is released by the commit event of the
-    task that wrote it, or after a deadline (the update may have been rejected).
+    task that wrote it (only if that task still owns it), or at its deadline (the update may
+    have been rejected, or have conflicted: no commit event comes then).
     """
 
     __slots__ = ("_by_task", "_keys")
 
     def __init__(self) -> None:
-        self._keys: dict[str, float] = {}
-        self._by_task: dict[str, list[str]] = {}
+        self._keys: dict[str, tuple[float, str]] = {}  # key -> (deadline, owning task)
+        self._by_task: dict[str, tuple[float, list[str]]] = {}
 
     def __len__(self) -> int:
         return len(self._keys)
 
     def hold(self, task_id: str, keys: list[str], deadline: float) -> None:
         if keys:
-            self._by_task[task_id] = keys
+            self._by_task[task_id] = (deadline, keys)
             for key in keys:
-                self._keys[key] = deadline
+                self._keys[key] = (deadline, task_id)
 
     def release(self, task_ids: Any) -> None:
         if not self._by_task:
             return
         for tid in task_ids:
-            for key in self._by_task.pop(tid, ()):
-                self._keys.pop(key, None)
+            held = self._by_task.pop(tid, None)
+            if held is not None:
+                self._drop(tid, held[1])
+
+    def _drop(self, tid: str, keys: list[str]) -> None:
+        for key in keys:
+            owner = self._keys.get(key)
+            if owner is not None and owner[1] == tid:
+                del self._keys[key]
+
+    def sweep(self, now: float) -> None:
+        """Forget the holds whose deadline passed (their updates were never committed)."""
+        for tid in [t for t, (deadline, _) in self._by_task.items() if deadline <= now]:
+            self._drop(tid, self._by_task.pop(tid)[1])
 
     def blocks(self, spec: ProcessSpec, now: float) -> bool:
         """Whether a key of `spec`'s contract is held (its key set is built only then)."""
         if not self._keys:
             return False
         for key in spec.keys:
-            deadline = self._keys.get(key)
-            if deadline is not None:
-                if deadline > now:
-                    return True
-                del self._keys[key]
+            held = self._keys.get(key)
+            if held is not None and held[0] > now:
+                return True
         return False
 
 

@@ -80,3 +80,20 @@ def test_load_app_collects_processes():
     specs = load_app("tests.apps.counter")
     assert {"increment", "put", "append", "boom"} <= set(specs)
     assert specs["increment"].inputs == ("count",)
+
+
+def test_key_gate_release_respects_ownership_and_deadlines():
+    from pipeline.worker import KeyGate
+
+    spec = spec_of(proc)  # declares a, heavy.img and b
+    gate = KeyGate()
+    gate.hold("t1", ["b"], deadline=10.0)
+    assert gate.blocks(spec, now=5.0)
+    assert not gate.blocks(spec, now=11.0)  # past its deadline
+    gate.sweep(now=11.0)
+    assert len(gate) == 0
+    gate.hold("t2", ["b"], deadline=20.0)
+    gate.release(["t1"])  # a late commit of t1 must not lift t2's hold
+    assert gate.blocks(spec, now=12.0)
+    gate.release(["t2"])
+    assert not gate.blocks(spec, now=12.0) and len(gate) == 0
