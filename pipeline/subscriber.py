@@ -11,6 +11,7 @@ holding every key.
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from collections import deque
@@ -23,6 +24,8 @@ import zmq
 from pipeline import protocol as proto
 from pipeline.errors import DecodeError, TaskTimeout
 from pipeline.protocol import Cmd
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +69,7 @@ class Subscriber:
         self._reader: Any = None
         self._queue: deque[Change] = deque()
         self._buffered: list[dict[str, Any]] = []
+        self.malformed = 0
         self._resyncing = from_version is not None and self.sync is not None
         if self._resyncing:
             self._request_snapshot()
@@ -135,12 +139,13 @@ class Subscriber:
         for sock, _ in poller.poll(timeout_ms):
             try:
                 msg = proto.decode(sock.recv_multipart())
-            except DecodeError:
-                continue
-            if msg.cmd is Cmd.COMMIT:
-                self._on_events(msg.header["events"])
-            elif msg.cmd is Cmd.SNAPSHOT:
-                self._on_snapshot(msg.header)
+                if msg.cmd is Cmd.COMMIT:
+                    self._on_events(msg.header["events"])
+                elif msg.cmd is Cmd.SNAPSHOT:
+                    self._on_snapshot(msg.header)
+            except (DecodeError, KeyError, TypeError, ValueError, IndexError) as exc:
+                self.malformed += 1  # a forged or broken message: skipped, counted
+                log.warning("subscriber: bad message dropped (%s)", exc)
 
     def _on_events(self, events: list[dict[str, Any]]) -> None:
         if self._resyncing:
