@@ -191,8 +191,10 @@ class Broker:
 
     # -- the loop -----------------------------------------------------------------------
     def run(self, ready: Callable[[], None] | None = None,
-            stop: threading.Event | None = None) -> None:
-        """Bind if needed, call `ready`, then loop until `stop` is set."""
+            stop: threading.Event | None = None,
+            on_pass: Callable[[], None] | None = None) -> None:
+        """Bind if needed, call `ready`, then loop until `stop` is set; `on_pass` runs on
+        the broker's own thread after every pass (metrics)."""
         if not self._bound:
             self.bind()
         if ready is not None:
@@ -200,6 +202,8 @@ class Broker:
         cap = STOP_CHECK_MS if stop is not None else self.config.heartbeat_interval_ms
         while stop is None or not stop.is_set():
             self.run_once(min(self.next_timeout_ms(), cap))
+            if on_pass is not None:
+                on_pass()
 
     def run_once(self, timeout_ms: int = 0) -> int:
         """One pass: poll up to timeout_ms, handle what is ready, housekeeping. Messages read."""
@@ -817,19 +821,23 @@ def _journal_submitted(journal: TaskJournal, raw: bytes, fresh: list[dict[str, A
 
 
 def serve(config: BrokerConfig, ready: Callable[[], None] | None = None,
-          stop: threading.Event | None = None) -> int:
-    """Entry point for `pipeline broker`: bind, call `ready`, run until `stop`; exit code."""
-    broker = Broker(config)
+          stop: threading.Event | None = None, *, broker: Broker | None = None,
+          on_pass: Callable[[], None] | None = None) -> int:
+    """Entry point for `pipeline broker`: bind, call `ready`, run until `stop`; exit code.
+    Closes the broker it made; a `broker` passed in is the caller's to close."""
+    own = broker is None
+    b = Broker(config) if broker is None else broker
     try:
         try:
-            broker.bind()
+            b.bind()
         except zmq.ZMQError as exc:
             log.error("broker: cannot bind: %s", exc)
             return 1
-        broker.run(ready=ready, stop=stop)
+        b.run(ready=ready, stop=stop, on_pass=on_pass)
     finally:
-        broker.close()
-    c = broker.counters
+        if own:
+            b.close()
+    c = b.counters
     log.info("broker stopped: %d accepted, %d dispatched, %d committed, %d malformed",
              c["accepted"], c["dispatched"], c["decided.committed"], c["malformed"])
     return 0

@@ -14,14 +14,11 @@ import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
-import zmq
-
 from pipeline.config import Settings
 
 log = logging.getLogger(__name__)
 
 Ready = Callable[[], None]
-STOP_CHECK_MS = 100
 
 
 @contextlib.contextmanager
@@ -41,7 +38,7 @@ def metrics_endpoint(settings: Settings, role: str, registry: Any) -> Iterator[i
 
 
 def serve_broker(settings: Settings, ready: Ready, stop: threading.Event) -> int:
-    from brokers.broker import Broker
+    from brokers.broker import Broker, serve
     from pipeline.metrics import BrokerMetrics
     from pipeline.security import apply_curve, server_context, server_keys
 
@@ -53,28 +50,11 @@ def serve_broker(settings: Settings, ready: Ready, stop: threading.Event) -> int
         broker = Broker(config, ctx=ctx)
         for sock in (broker.frontend, broker.backend, broker.control):
             apply_curve(sock, keys, server=True)
+        on_pass = (lambda: metrics.maybe_refresh(broker.status)) if port else None
         try:
-            return _run_broker(broker, metrics if port else None, ready, stop)
+            return serve(config, ready, stop, broker=broker, on_pass=on_pass)
         finally:
             broker.close()
-
-
-def _run_broker(broker: Any, metrics: Any, ready: Ready, stop: threading.Event) -> int:
-    """`Broker.run` with a metrics refresh on the broker's own thread between passes."""
-    try:
-        broker.bind()
-    except zmq.ZMQError as exc:
-        log.error("broker: cannot bind: %s", exc)
-        return 1
-    ready()
-    while not stop.is_set():
-        broker.run_once(min(broker.next_timeout_ms(), STOP_CHECK_MS))
-        if metrics is not None:
-            metrics.maybe_refresh(broker.status)
-    c = broker.counters
-    log.info("broker stopped: %d accepted, %d dispatched, %d committed, %d malformed",
-             c["accepted"], c["dispatched"], c["decided.committed"], c["malformed"])
-    return 0
 
 
 def serve_sink(settings: Settings, ready: Ready, stop: threading.Event) -> int:
