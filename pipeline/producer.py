@@ -18,6 +18,7 @@ import itertools
 import os
 import time
 import uuid
+import weakref
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
@@ -35,7 +36,7 @@ RESEND_CHUNK = 1000
 class TaskHandle:
     """A submitted task: its id, and its decision once the sink has made it."""
 
-    __slots__ = ("_producer", "id", "process")
+    __slots__ = ("__weakref__", "_producer", "id", "process")
 
     def __init__(self, producer: Producer, task_id: str, process: str) -> None:
         self._producer = producer
@@ -80,6 +81,10 @@ class Producer:
         self._prefix = f"{uuid.uuid4().hex[:12]}-{os.getpid()}-"
         self._seq = itertools.count(1)
         self._decisions: dict[str, Decision] = {}
+        # Decisions are kept only for tasks whose handle is still alive: a fire-and-forget
+        # producer does not accumulate them.
+        self._live: weakref.WeakValueDictionary[str, TaskHandle] = \
+            weakref.WeakValueDictionary()
         self._rejected: dict[str, PipelineError] = {}
         self.unacked: dict[str, dict[str, Any]] = {}
         self.undecided: dict[str, dict[str, Any]] = {}  # accepted, no decision yet
@@ -119,7 +124,9 @@ class Producer:
                 task["heavy"] = self._attach(heavy)
             tasks.append(task)
         self._send(tasks)
-        return [TaskHandle(self, t["id"], process) for t in tasks]
+        handles = [TaskHandle(self, t["id"], process) for t in tasks]
+        self._live.update((h.id, h) for h in handles)
+        return handles
 
     def _attach(self, heavy: Mapping[str, Any]) -> dict[str, Any]:
         if self._heavy is None:
@@ -173,9 +180,14 @@ class Producer:
         except DecodeError:
             return
         if msg.cmd is Cmd.RESULT:
+            live = self._live
             for d in msg.header["decisions"]:
-                decision = Decision.from_wire(d)
-                self._decisions[decision.task] = decision
+                try:
+                    decision = Decision.from_wire(d)
+                except (AttributeError, TypeError, ValueError):
+                    continue  # not a decision map: nothing to deliver
+                if decision.task in live:
+                    self._decisions[decision.task] = decision
                 self.unacked.pop(decision.task, None)
                 self.undecided.pop(decision.task, None)
         elif msg.cmd is Cmd.ACCEPTED:
@@ -191,7 +203,8 @@ class Producer:
         exc: PipelineError = (Busy(reason, int(header.get("retry_after_ms") or 0))
                               if code == "busy" else SubmitRejected(code, reason))
         for tid in header["ids"]:
-            self._rejected[tid] = exc
+            if isinstance(tid, str) and tid in self._live:
+                self._rejected[tid] = exc
             self.unacked.pop(tid, None)
             self.undecided.pop(tid, None)
 

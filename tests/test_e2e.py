@@ -112,3 +112,15 @@ def test_subscriber_sees_each_commit_in_order(cluster_factory):
     assert versions == sorted(versions) and len(set(versions)) == 50
     assert all(c.process == "increment" and c.keys == ["count"] for c in changes)
     assert changes[-1].values["count"] == 50
+
+
+def test_fire_and_forget_producer_keeps_no_decisions(cluster_factory):
+    cluster = cluster_factory(workers=1).start()
+    with Producer(cluster.endpoints.frontend) as producer:
+        kept = producer.submit("increment")
+        for _ in range(200):
+            producer.submit("increment")  # the handle is dropped at once
+        assert kept.result(timeout=30).committed
+        while producer.poll(200):
+            pass
+        assert len(producer._decisions) == 0  # nothing held for the dropped handles
