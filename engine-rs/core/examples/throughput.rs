@@ -1,12 +1,41 @@
 //! Commits per second through `Engine::apply_batch`, without Python.
-//! `cargo run --release -p pipeline-core --example throughput -- [updates] [batch] [never|interval|always]`
+//! `cargo run --release -p pipeline-core --example throughput -- [updates] [batch] [never|interval|always] [plain|bench]`
+//!
+//! `bench` runs the workload of `pipeline bench engine`: every update carries
+//! `args = {n, tag}` (and the empty heavy/signals/tasks/error fields), an audit recipe with
+//! two input rules is on, 8 frames go to each `apply_batch`, and `tick()` follows each call.
 use std::time::{Duration, Instant};
 
 use pipeline_core::msgpack::put;
 use pipeline_core::{make_audit, Config, Engine, Fsync};
 
-fn update(b: &mut Vec<u8>, i: usize, key: &str, read: u64) {
-    put::map_len(b, 8);
+const RECIPE: &str = r#"
+[process.p]
+level = "B"
+rules = [
+  { name = "n_positive", field = "input.n", min = 0 },
+  { name = "tag_short", field = "input.tag", max_len = 16 },
+]
+"#;
+
+fn update(b: &mut Vec<u8>, i: usize, key: &str, read: u64, bench: bool) {
+    put::map_len(b, if bench { 13 } else { 8 });
+    if bench {
+        put::str(b, "heavy");
+        put::map_len(b, 0);
+        put::str(b, "error");
+        put::nil(b);
+        put::str(b, "signals");
+        put::array_len(b, 0);
+        put::str(b, "tasks");
+        put::array_len(b, 0);
+        put::str(b, "args");
+        put::map_len(b, 2);
+        put::str(b, "n");
+        put::uint(b, i as u64);
+        put::str(b, "tag");
+        put::str(b, "bench");
+    }
     for (k, v) in [
         ("task", format!("t{i}")),
         ("process", "p".into()),
@@ -31,7 +60,7 @@ fn update(b: &mut Vec<u8>, i: usize, key: &str, read: u64) {
     put::nil(b);
 }
 
-fn batches(n: usize, batch: usize, keys: usize) -> Vec<Vec<Vec<u8>>> {
+fn batches(n: usize, batch: usize, keys: usize, bench: bool) -> Vec<Vec<u8>> {
     let mut versions = vec![0u64; keys];
     (0..n.div_ceil(batch))
         .map(|j| {
@@ -41,10 +70,10 @@ fn batches(n: usize, batch: usize, keys: usize) -> Vec<Vec<Vec<u8>>> {
             put::str(&mut b, "updates");
             put::array_len(&mut b, range.len());
             for i in range {
-                update(&mut b, i, &format!("k{}", i % keys), versions[i % keys]);
+                update(&mut b, i, &format!("k{}", i % keys), versions[i % keys], bench);
                 versions[i % keys] = i as u64 + 1;
             }
-            vec![b]
+            b
         })
         .collect()
 }
@@ -71,10 +100,15 @@ fn main() {
         Some("interval") => Fsync::Interval(Duration::from_millis(10)),
         _ => Fsync::Never,
     };
+    let bench = args.get(4).map(String::as_str) == Some("bench");
     let keys = batch.min(1000);
-    let work = batches(n, batch, keys);
+    let frames = batches(n, batch, keys, bench);
+    let per_call = if bench { 8 } else { 1 };
+    let work: Vec<Vec<Vec<u8>>> = frames.chunks(per_call).map(<[_]>::to_vec).collect();
     let dir = tempfile::tempdir().expect("tempdir");
-    let audit = make_audit(None).expect("audit");
+    let recipe = dir.path().join("recipe.toml");
+    std::fs::write(&recipe, RECIPE).expect("recipe");
+    let audit = make_audit(bench.then_some(recipe.as_path())).expect("audit");
     let mut e = Engine::open(
         dir.path(),
         Config {
@@ -86,18 +120,29 @@ fn main() {
     )
     .expect("open");
     let outputs: Vec<String> = (0..keys).map(|k| format!("k{k}")).collect();
-    e.register("p", &[], &outputs).expect("register");
+    let inputs: Vec<String> = if bench {
+        vec!["n".into(), "tag".into()]
+    } else {
+        Vec::new()
+    };
+    e.register("p", &inputs, &outputs).expect("register");
     let (t, cpu) = (Instant::now(), cpu_seconds());
     let commits: usize = work
         .iter()
-        .map(|f| e.apply_batch(f).expect("batch").commits)
+        .map(|f| {
+            let commits = e.apply_batch(f).expect("batch").commits;
+            if bench {
+                e.tick().expect("tick");
+            }
+            commits
+        })
         .sum();
     e.flush().expect("flush");
     let (secs, cpu) = (t.elapsed().as_secs_f64(), cpu_seconds() - cpu);
     assert_eq!((commits as u64, e.version()), (n as u64, n as u64));
     let per_cpu = if cpu > 0.0 { n as f64 / cpu } else { f64::NAN };
     println!(
-        "{fsync:?} batch={batch}: {:.0} commits/s wall, {per_cpu:.0} per CPU-second",
+        "{fsync:?} batch={batch} bench={bench}: {:.0} commits/s wall, {per_cpu:.0} per CPU-second",
         n as f64 / secs
     );
 }

@@ -110,8 +110,12 @@ impl ValueConds {
                 ));
             }
         }
-        check_bound(field, value, self.min.as_ref(), Ordering::Less, "<")?;
-        check_bound(field, value, self.max.as_ref(), Ordering::Greater, ">")?;
+        if let Some(min) = &self.min {
+            check_bound(field, value, min, Ordering::Less, "<")?;
+        }
+        if let Some(max) = &self.max {
+            check_bound(field, value, max, Ordering::Greater, ">")?;
+        }
         self.check_len(field, value)?;
         self.check_regex(field, value)
     }
@@ -178,14 +182,14 @@ fn read_regex(t: &mut Table<'_>) -> Result<Option<Regex>, AuditError> {
 fn check_bound(
     field: &str,
     value: &ValueRef<'_>,
-    bound: Option<&Bound>,
+    bound: &Bound,
     bad: Ordering,
     sign: &str,
 ) -> Result<(), String> {
-    let Some(bound) = bound else { return Ok(()) };
-    let (order, shown) = match bound {
+    // The bound is rendered only for a finding: the passing path does not format.
+    let order = match bound {
         Bound::Num(b) => match Num::from_value(value) {
-            Some(v) => (v.cmp(*b), b.to_string()),
+            Some(v) => v.cmp(*b),
             None => {
                 return Err(format!(
                     "{field} = {} is not a number",
@@ -194,7 +198,7 @@ fn check_bound(
             }
         },
         Bound::Str(b) => match value {
-            ValueRef::String(s) => (Some(s.as_bytes().cmp(b.as_bytes())), format!("{b:?}")),
+            ValueRef::String(s) => Some(s.as_bytes().cmp(b.as_bytes())),
             _ => {
                 return Err(format!(
                     "{field} = {} is not a string",
@@ -205,11 +209,17 @@ fn check_bound(
     };
     match order {
         Some(o) if o != bad => Ok(()),
-        Some(_) => Err(format!(
-            "{field} = {} {sign} {} {shown}",
-            value::render(value),
-            bound_name(bad)
-        )),
+        Some(_) => {
+            let shown = match bound {
+                Bound::Num(b) => b.to_string(),
+                Bound::Str(b) => format!("{b:?}"),
+            };
+            Err(format!(
+                "{field} = {} {sign} {} {shown}",
+                value::render(value),
+                bound_name(bad)
+            ))
+        }
         None => Err(format!("{field} = {} is NaN", value::render(value))),
     }
 }

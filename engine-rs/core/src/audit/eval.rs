@@ -94,8 +94,10 @@ fn lookup<'a>(
 }
 
 fn decode<'a>(f: &Field<'a>, prefix: &str) -> Result<ValueRef<'a>, String> {
-    let bare = f.name.strip_prefix(prefix).unwrap_or(f.name);
-    value::decode(f.value).map_err(|e| format!("{prefix}{bare} is {e}"))
+    value::decode(f.value).map_err(|e| {
+        let bare = f.name.strip_prefix(prefix).unwrap_or(f.name);
+        format!("{prefix}{bare} is {e}")
+    })
 }
 
 fn descend<'a>(mut value: ValueRef<'a>, path: &str) -> Option<ValueRef<'a>> {

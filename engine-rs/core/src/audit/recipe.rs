@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::audit_api::Level;
+use crate::fxhash::FxMap;
 
 use super::cond::Check;
 use super::error::{at_process, at_rule, AuditError};
@@ -48,7 +49,7 @@ pub(crate) struct Recipe {
 #[derive(Clone, Debug)]
 pub(crate) struct Recipes {
     pub(crate) default: Arc<Recipe>,
-    pub(crate) processes: HashMap<String, Arc<Recipe>>,
+    pub(crate) processes: FxMap<String, Arc<Recipe>>,
 }
 
 impl Recipes {
@@ -79,7 +80,7 @@ pub(crate) fn resolve(doc: &Document, file: &str) -> Result<Recipes, AuditError>
         file,
         done: HashMap::new(),
     };
-    let mut processes = HashMap::new();
+    let mut processes = FxMap::default();
     for spec in &doc.processes {
         let (settings, rules) = flat.flatten(&spec.name, &mut Vec::new())?;
         let recipe = compile(&settings.over(&base), &rules, file, &spec.name)?;

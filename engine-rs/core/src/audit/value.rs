@@ -12,6 +12,9 @@ const MAX_DEPTH: usize = 64;
 
 /// Decode one msgpack value that must fill `bytes` exactly.
 pub(crate) fn decode(bytes: &[u8]) -> Result<ValueRef<'_>, String> {
+    if let Some(value) = decode_scalar(bytes) {
+        return Ok(value);
+    }
     let mut rd = bytes;
     let value = rmpv::decode::read_value_ref_with_max_depth(&mut rd, MAX_DEPTH)
         .map_err(|e| format!("not valid msgpack: {e}"))?;
@@ -19,6 +22,53 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<ValueRef<'_>, String> {
         return Err(format!("not valid msgpack: {} trailing bytes", rd.len()));
     }
     Ok(value)
+}
+
+/// The common scalars (nil, bool, integers, floats, UTF-8 strings) read straight from
+/// bytes that hold exactly one of them; None for anything else (containers, binary, ext,
+/// invalid UTF-8, trailing or missing bytes), which `decode` leaves to rmpv. Gives the same
+/// value rmpv would.
+fn decode_scalar(bytes: &[u8]) -> Option<ValueRef<'_>> {
+    let (&marker, rest) = bytes.split_first()?;
+    let exact = |n: usize| (rest.len() == n).then_some(rest);
+    let be = |n: usize| -> Option<u64> {
+        let b = exact(n)?;
+        Some(b.iter().fold(0u64, |acc, &x| (acc << 8) | u64::from(x)))
+    };
+    let text = |len: usize, at: usize| -> Option<ValueRef<'_>> {
+        let body = rest.get(at..)?;
+        if body.len() != len {
+            return None;
+        }
+        if body.is_ascii() {
+            // SAFETY: every byte of `body` is ASCII (checked just above), so it is UTF-8.
+            return Some(ValueRef::from(unsafe { std::str::from_utf8_unchecked(body) }));
+        }
+        std::str::from_utf8(body).ok().map(ValueRef::from)
+    };
+    let value = match marker {
+        0x00..=0x7f if rest.is_empty() => ValueRef::from(u64::from(marker)),
+        0xe0..=0xff if rest.is_empty() => ValueRef::from(i64::from(marker as i8)),
+        0xc0 if rest.is_empty() => ValueRef::Nil,
+        0xc2 if rest.is_empty() => ValueRef::Boolean(false),
+        0xc3 if rest.is_empty() => ValueRef::Boolean(true),
+        0xcc => ValueRef::from(be(1)?),
+        0xcd => ValueRef::from(be(2)?),
+        0xce => ValueRef::from(be(4)?),
+        0xcf => ValueRef::from(be(8)?),
+        0xd0 => ValueRef::from(i64::from(be(1)? as u8 as i8)),
+        0xd1 => ValueRef::from(i64::from(be(2)? as u16 as i16)),
+        0xd2 => ValueRef::from(i64::from(be(4)? as u32 as i32)),
+        0xd3 => ValueRef::from(be(8)? as i64),
+        0xca => ValueRef::F32(f32::from_bits(be(4)? as u32)),
+        0xcb => ValueRef::F64(f64::from_bits(be(8)?)),
+        0xa0..=0xbf => text(usize::from(marker & 0x1f), 0)?,
+        0xd9 => text(usize::from(*rest.first()?), 1)?,
+        0xda => text(usize::from(u16::from_be_bytes(rest.get(..2)?.try_into().ok()?)), 2)?,
+        0xdb => text(u32::from_be_bytes(rest.get(..4)?.try_into().ok()?) as usize, 4)?,
+        _ => return None,
+    };
+    Some(value)
 }
 
 /// A number from either side, kept exact for integers.
@@ -158,5 +208,72 @@ pub(crate) fn render(value: &ValueRef<'_>) -> String {
         format!("{cut}...")
     } else {
         text
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The scalar fast path gives exactly what rmpv gives, and declines what it must.
+    #[test]
+    fn scalar_fast_path_matches_rmpv() {
+        let mut cases: Vec<Vec<u8>> = vec![
+            vec![0x00],
+            vec![0x7f],
+            vec![0xe0],
+            vec![0xff],
+            vec![0xc0],
+            vec![0xc2],
+            vec![0xc3],
+            vec![0xcc, 0xff],
+            vec![0xcd, 0x12, 0x34],
+            vec![0xce, 0xff, 0xff, 0xff, 0xff],
+            vec![0xcf, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff],
+            vec![0xd0, 0x05],
+            vec![0xd0, 0x80],
+            vec![0xd1, 0x80, 0x00],
+            vec![0xd2, 0x80, 0x00, 0x00, 0x00],
+            vec![0xd3, 0x80, 0, 0, 0, 0, 0, 0, 0],
+            vec![0xd3, 0x00, 0, 0, 0, 0, 0, 0, 7],
+            vec![0xca, 0x3f, 0xc0, 0x00, 0x00],
+            vec![0xcb, 0x7f, 0xf8, 0, 0, 0, 0, 0, 1],
+            vec![0xa0],
+            vec![0xa3, b'a', b'b', b'c'],
+            vec![0xd9, 2, 0xc3, 0xa9],
+            vec![0xda, 0, 1, b'x'],
+            vec![0xdb, 0, 0, 0, 1, b'y'],
+        ];
+        for c in cases.clone() {
+            let fast = decode_scalar(&c).unwrap_or_else(|| panic!("{c:?} not fast"));
+            let mut rd = c.as_slice();
+            let slow = rmpv::decode::read_value_ref(&mut rd).unwrap();
+            assert!(rd.is_empty());
+            assert_eq!(format!("{fast:?}"), format!("{slow:?}"), "{c:?}");
+        }
+        // Trailing, missing or invalid bytes and non-scalars are left to rmpv.
+        cases = vec![
+            vec![],
+            vec![0x01, 0x00],
+            vec![0xc0, 0x00],
+            vec![0xcc],
+            vec![0xcd, 0x01, 0x02, 0x03],
+            vec![0xa2, b'a'],
+            vec![0xa1, b'a', b'b'],
+            vec![0xa1, 0xff],
+            vec![0xd9],
+            vec![0xda, 0],
+            vec![0x90],
+            vec![0x80],
+            vec![0xc4, 1, 0],
+            vec![0xc1],
+        ];
+        for c in cases {
+            assert!(decode_scalar(&c).is_none(), "{c:?}");
+            if let Ok(v) = decode(&c) {
+                let mut rd = c.as_slice();
+                assert_eq!(rmpv::decode::read_value_ref(&mut rd).ok(), Some(v));
+            }
+        }
     }
 }
