@@ -127,10 +127,13 @@ fn main() {
     };
     e.register("p", &inputs, &outputs).expect("register");
     let (t, cpu) = (Instant::now(), cpu_seconds());
+    let mut lat = Vec::with_capacity(work.len());
     let commits: usize = work
         .iter()
         .map(|f| {
+            let t = Instant::now();
             let commits = e.apply_batch(f).expect("batch").commits;
+            lat.push(t.elapsed());
             if bench {
                 e.tick().expect("tick");
             }
@@ -141,8 +144,14 @@ fn main() {
     let (secs, cpu) = (t.elapsed().as_secs_f64(), cpu_seconds() - cpu);
     assert_eq!((commits as u64, e.version()), (n as u64, n as u64));
     let per_cpu = if cpu > 0.0 { n as f64 / cpu } else { f64::NAN };
+    lat.sort();
+    let p99 = lat[(lat.len() * 99 / 100).min(lat.len() - 1)];
+    let max = lat.last().copied().unwrap_or_default();
+    let slow = lat.iter().filter(|d| d.as_micros() >= 1000).count();
     println!(
-        "{fsync:?} batch={batch} bench={bench}: {:.0} commits/s wall, {per_cpu:.0} per CPU-second",
-        n as f64 / secs
+        "{fsync:?} batch={batch} bench={bench}: {:.0} commits/s wall, {per_cpu:.0} per CPU-second; \
+         apply_batch p99 {p99:.2?}, max {max:.2?}, {slow} of {} >= 1 ms",
+        n as f64 / secs,
+        lat.len()
     );
 }
