@@ -15,6 +15,10 @@ import sys
 import time
 from typing import Any
 
+# The benchmarks use no BLAS; OpenBLAS's idle threads would compete for the machine's cores
+# with the processes being measured (numpy is imported later, by the modes).
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
 MODES = ("throughput", "latency", "scaling", "engine", "heavy", "soak")
 DEFAULT_TASKS = {"throughput": 100_000, "latency": 10_000, "scaling": 2_000,
                  "engine": 1_000_000, "heavy": 5, "soak": 1_000_000}
