@@ -18,7 +18,6 @@ import itertools
 import os
 import time
 import uuid
-import weakref
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
@@ -36,7 +35,7 @@ RESEND_CHUNK = 1000
 class TaskHandle:
     """A submitted task: its id, and its decision once the sink has made it."""
 
-    __slots__ = ("__weakref__", "_producer", "id", "process")
+    __slots__ = ("_producer", "id", "process")
 
     def __init__(self, producer: Producer, task_id: str, process: str) -> None:
         self._producer = producer
@@ -59,7 +58,7 @@ class Producer:
     def __init__(self, endpoint: str, *, ctx: zmq.Context[Any] | None = None,
                  heavy: Any = None, namespace: str | None = None,
                  max_message_bytes: int = 256 * 1024 * 1024,
-                 ack_timeout_s: float = 5.0) -> None:
+                 ack_timeout_s: float = 5.0, keep_decisions: int = 1_000_000) -> None:
         self.ctx = ctx or zmq.Context()
         self._own_ctx = ctx is None
         self.sock = self.ctx.socket(zmq.DEALER)
@@ -81,10 +80,9 @@ class Producer:
         self._prefix = f"{uuid.uuid4().hex[:12]}-{os.getpid()}-"
         self._seq = itertools.count(1)
         self._decisions: dict[str, Decision] = {}
-        # Decisions are kept only for tasks whose handle is still alive: a fire-and-forget
-        # producer does not accumulate them.
-        self._live: weakref.WeakValueDictionary[str, TaskHandle] = \
-            weakref.WeakValueDictionary()
+        # Decisions wait here until claimed (by handle or by task id). A fire-and-forget
+        # producer never claims them: past `keep_decisions` the oldest are dropped.
+        self._keep = keep_decisions
         self._rejected: dict[str, PipelineError] = {}
         self.unacked: dict[str, dict[str, Any]] = {}
         self.undecided: dict[str, dict[str, Any]] = {}  # accepted, no decision yet
@@ -124,9 +122,7 @@ class Producer:
                 task["heavy"] = self._attach(heavy)
             tasks.append(task)
         self._send(tasks)
-        handles = [TaskHandle(self, t["id"], process) for t in tasks]
-        self._live.update((h.id, h) for h in handles)
-        return handles
+        return [TaskHandle(self, t["id"], process) for t in tasks]
 
     def _attach(self, heavy: Mapping[str, Any]) -> dict[str, Any]:
         if self._heavy is None:
@@ -180,16 +176,16 @@ class Producer:
         except DecodeError:
             return
         if msg.cmd is Cmd.RESULT:
-            live = self._live
+            decisions = self._decisions
             for d in msg.header["decisions"]:
                 try:
                     decision = Decision.from_wire(d)
                 except (AttributeError, TypeError, ValueError):
                     continue  # not a decision map: nothing to deliver
-                if decision.task in live:
-                    self._decisions[decision.task] = decision
+                decisions[decision.task] = decision
                 self.unacked.pop(decision.task, None)
                 self.undecided.pop(decision.task, None)
+            self._trim(decisions)
         elif msg.cmd is Cmd.ACCEPTED:
             for tid in msg.header["ids"]:
                 task = self.unacked.pop(tid, None)
@@ -198,15 +194,23 @@ class Producer:
         elif msg.cmd is Cmd.REJECTED:
             self._on_rejected(msg.header)
 
+    def _trim(self, unclaimed: dict[str, Any]) -> None:
+        """Drop the oldest unclaimed decisions past `keep_decisions` (dicts keep order)."""
+        excess = len(unclaimed) - self._keep
+        if excess > 0:
+            for tid in list(itertools.islice(unclaimed, excess)):
+                del unclaimed[tid]
+
     def _on_rejected(self, header: dict[str, Any]) -> None:
         code, reason = header["code"], header["reason"]
         exc: PipelineError = (Busy(reason, int(header.get("retry_after_ms") or 0))
                               if code == "busy" else SubmitRejected(code, reason))
         for tid in header["ids"]:
-            if isinstance(tid, str) and tid in self._live:
+            if isinstance(tid, str):
                 self._rejected[tid] = exc
-            self.unacked.pop(tid, None)
-            self.undecided.pop(tid, None)
+                self.unacked.pop(tid, None)
+                self.undecided.pop(tid, None)
+        self._trim(self._rejected)
 
     def wait(self, task_id: str, timeout: float | None = None) -> Decision:
         deadline = None if timeout is None else time.monotonic() + timeout
