@@ -31,12 +31,12 @@ from zmq.utils.monitor import parse_monitor_message
 
 from pipeline import protocol as proto
 from pipeline.api import Decision
-from pipeline.errors import Busy, DecodeError, PipelineError, SubmitRejected, TaskTimeout
+from pipeline.errors import DecodeError, PipelineError, TaskTimeout
+from pipeline.ledger import SubmitLedger, rejection
 from pipeline.protocol import Cmd
 
 log = logging.getLogger(__name__)
 
-RESEND_CHUNK = 1000
 
 
 class AsyncTaskHandle:
@@ -72,14 +72,10 @@ class AsyncProducer:
         self.ctx = ctx or zmq.asyncio.Context()
         self._own_ctx = ctx is None
         self._max_message_bytes = max_message_bytes
-        self._ack_timeout_s = ack_timeout_s
+        self.ledger = SubmitLedger(ack_timeout_s)
         self._prefix = f"{uuid.uuid4().hex[:12]}-{os.getpid()}-"
         self._seq = itertools.count(1)
         self._futures: dict[str, asyncio.Future[Decision]] = {}
-        self.unacked: dict[str, dict[str, Any]] = {}
-        self.undecided: dict[str, dict[str, Any]] = {}  # accepted, no decision yet
-        self.resent = 0
-        self._heard = time.monotonic()
         self._lost = False
         self._sock: zmq.asyncio.Socket | None = None
         self._monitor: zmq.asyncio.Socket | None = None
@@ -147,20 +143,26 @@ class AsyncProducer:
 
     async def _send(self, tasks: list[dict[str, Any]]) -> None:
         sock = self._socket()
-        if not self.unacked:
-            self._heard = time.monotonic()  # the ack timeout starts with the first unacked
-        for task in tasks:
-            self.unacked[task["id"]] = task
+        self.ledger.sent(tasks)
         await sock.send_multipart(proto.encode(Cmd.SUBMIT, {"tasks": tasks}))
 
     async def _resend(self, tasks: list[dict[str, Any]]) -> None:
-        """Send tasks again under their ids (idempotent at the broker), in chunks."""
+        """Send tasks again under their ids (idempotent at the broker)."""
         sock = self._socket()
-        for i in range(0, len(tasks), RESEND_CHUNK):
-            chunk = tasks[i:i + RESEND_CHUNK]
-            await sock.send_multipart(proto.encode(Cmd.SUBMIT, {"tasks": chunk}))
-        self.resent += len(tasks)
-        self._heard = time.monotonic()
+        for frames in self.ledger.resend_frames(tasks):
+            await sock.send_multipart(frames)
+
+    @property
+    def unacked(self) -> dict[str, dict[str, Any]]:
+        return self.ledger.unacked
+
+    @property
+    def undecided(self) -> dict[str, dict[str, Any]]:
+        return self.ledger.undecided
+
+    @property
+    def resent(self) -> int:
+        return self.ledger.resent
 
     async def wait_accepted(self, timeout: float | None = None) -> None:
         """Wait until the broker has answered every task submitted so far (ACCEPTED, which
@@ -194,22 +196,23 @@ class AsyncProducer:
                     await self._on_monitor(parse_monitor_message(await monitor.recv_multipart()))
                 if ready.get(sock):
                     self._handle(await sock.recv_multipart())
-                    self._heard = time.monotonic()
-                if self.unacked and time.monotonic() - self._heard > self._ack_timeout_s:
-                    await self._resend(list(self.unacked.values()))
+                    self.ledger.heard = time.monotonic()
+                overdue = self.ledger.overdue()
+                if overdue:
+                    await self._resend(overdue)
         except Exception as exc:  # a broken reader must not leave awaiters hanging
             log.exception("AsyncProducer reader failed")
             self._fail_all(PipelineError(f"the producer's reader failed: {exc!r}"))
 
     def _poll_ms(self) -> int:
-        return int(min(1.0, self._ack_timeout_s) * 1000)
+        return int(min(1.0, self.ledger.ack_timeout_s) * 1000)
 
     async def _on_monitor(self, event: Mapping[str, Any]) -> None:
         if event["event"] == zmq.EVENT_DISCONNECTED:
             self._lost = True
         elif event["event"] == zmq.EVENT_CONNECTED and self._lost:
             self._lost = False
-            await self._resend([*self.unacked.values(), *self.undecided.values()])
+            await self._resend(self.ledger.outstanding())
 
     def _handle(self, frames: list[bytes]) -> None:
         try:
@@ -221,28 +224,22 @@ class AsyncProducer:
             for d in msg.header["decisions"]:
                 self._decided(Decision.from_wire(d))
         elif msg.cmd is Cmd.ACCEPTED:
-            for tid in msg.header["ids"]:
-                task = self.unacked.pop(tid, None)
-                if task is not None:
-                    self.undecided[tid] = task
+            self.ledger.accepted(msg.header["ids"])
         elif msg.cmd is Cmd.REJECTED:
             self._on_rejected(msg.header)
 
     def _decided(self, decision: Decision) -> None:
-        self.unacked.pop(decision.task, None)
-        self.undecided.pop(decision.task, None)
+        self.ledger.settled(decision.task)
         future = self._futures.pop(decision.task, None)
         if future is not None and not future.done():
             future.set_result(decision)
 
     def _on_rejected(self, header: dict[str, Any]) -> None:
-        code, reason = header["code"], header["reason"]
-        exc: PipelineError = (Busy(reason, int(header.get("retry_after_ms") or 0))
-                              if code == "busy" else SubmitRejected(code, reason))
+        exc = rejection(header)
         for tid in header["ids"]:
-            self.unacked.pop(tid, None)
-            self.undecided.pop(tid, None)
-            _fail(self._futures.pop(tid, None), exc)
+            if isinstance(tid, str):
+                self.ledger.settled(tid)
+                _fail(self._futures.pop(tid, None), exc)
 
     def _fail_all(self, exc: PipelineError) -> None:
         futures, self._futures = self._futures, {}

@@ -26,10 +26,9 @@ from zmq.utils.monitor import recv_monitor_message
 
 from pipeline import protocol as proto
 from pipeline.api import Decision
-from pipeline.errors import Busy, DecodeError, PipelineError, SubmitRejected, TaskTimeout
+from pipeline.errors import DecodeError, PipelineError, TaskTimeout
+from pipeline.ledger import SubmitLedger, rejection
 from pipeline.protocol import Cmd
-
-RESEND_CHUNK = 1000
 
 
 class TaskHandle:
@@ -71,10 +70,8 @@ class Producer:
         self._poller = zmq.Poller()
         self._poller.register(self.sock, zmq.POLLIN)
         self._poller.register(self._monitor, zmq.POLLIN)
-        self._ack_timeout_s = ack_timeout_s
-        self._heard = time.monotonic()
+        self.ledger = SubmitLedger(ack_timeout_s)
         self._lost = False  # the connection dropped: resend everything on reconnect
-        self.resent = 0
         self._heavy = heavy
         self._namespace = namespace or os.environ.get("PIPELINE_NAMESPACE", "default")
         self._prefix = f"{uuid.uuid4().hex[:12]}-{os.getpid()}-"
@@ -84,8 +81,6 @@ class Producer:
         # producer never claims them: past `keep_decisions` the oldest are dropped.
         self._keep = keep_decisions
         self._rejected: dict[str, PipelineError] = {}
-        self.unacked: dict[str, dict[str, Any]] = {}
-        self.undecided: dict[str, dict[str, Any]] = {}  # accepted, no decision yet
 
     def close(self) -> None:
         self.sock.disable_monitor()
@@ -131,19 +126,25 @@ class Producer:
         return {name: self._heavy.export(arr) for name, arr in heavy.items()}
 
     def _send(self, tasks: list[dict[str, Any]]) -> None:
-        if not self.unacked:
-            self._heard = time.monotonic()  # the ack timeout starts with the first unacked
-        for task in tasks:
-            self.unacked[task["id"]] = task
+        self.ledger.sent(tasks)
         self.sock.send_multipart(proto.encode(Cmd.SUBMIT, {"tasks": tasks}))
 
     def _resend(self, tasks: list[dict[str, Any]]) -> None:
-        """Send tasks again under their ids (idempotent at the broker), in chunks."""
-        for i in range(0, len(tasks), RESEND_CHUNK):
-            chunk = tasks[i:i + RESEND_CHUNK]
-            self.sock.send_multipart(proto.encode(Cmd.SUBMIT, {"tasks": chunk}))
-        self.resent += len(tasks)
-        self._heard = time.monotonic()
+        """Send tasks again under their ids (idempotent at the broker)."""
+        for frames in self.ledger.resend_frames(tasks):
+            self.sock.send_multipart(frames)
+
+    @property
+    def unacked(self) -> dict[str, dict[str, Any]]:
+        return self.ledger.unacked
+
+    @property
+    def undecided(self) -> dict[str, dict[str, Any]]:
+        return self.ledger.undecided
+
+    @property
+    def resent(self) -> int:
+        return self.ledger.resent
 
     # -- receiving -------------------------------------------------------------------------
     def poll(self, timeout_ms: int) -> int:
@@ -157,10 +158,11 @@ class Producer:
                 self._on_monitor(recv_monitor_message(self._monitor))
             if ready.get(self.sock):
                 self._handle(self.sock.recv_multipart())
-                self._heard = time.monotonic()
+                self.ledger.heard = time.monotonic()
             n += 1
-        if self.unacked and time.monotonic() - self._heard > self._ack_timeout_s:
-            self._resend(list(self.unacked.values()))
+        overdue = self.ledger.overdue()
+        if overdue:
+            self._resend(overdue)
         return n
 
     def _on_monitor(self, event: Mapping[str, Any]) -> None:
@@ -168,7 +170,7 @@ class Producer:
             self._lost = True
         elif event["event"] == zmq.EVENT_CONNECTED and self._lost:
             self._lost = False
-            self._resend([*self.unacked.values(), *self.undecided.values()])
+            self._resend(self.ledger.outstanding())
 
     def _handle(self, frames: list[bytes]) -> None:
         try:
@@ -183,14 +185,10 @@ class Producer:
                 except (AttributeError, TypeError, ValueError):
                     continue  # not a decision map: nothing to deliver
                 decisions[decision.task] = decision
-                self.unacked.pop(decision.task, None)
-                self.undecided.pop(decision.task, None)
+                self.ledger.settled(decision.task)
             self._trim(decisions)
         elif msg.cmd is Cmd.ACCEPTED:
-            for tid in msg.header["ids"]:
-                task = self.unacked.pop(tid, None)
-                if task is not None:
-                    self.undecided[tid] = task
+            self.ledger.accepted(msg.header["ids"])
         elif msg.cmd is Cmd.REJECTED:
             self._on_rejected(msg.header)
 
@@ -202,14 +200,11 @@ class Producer:
                 del unclaimed[tid]
 
     def _on_rejected(self, header: dict[str, Any]) -> None:
-        code, reason = header["code"], header["reason"]
-        exc: PipelineError = (Busy(reason, int(header.get("retry_after_ms") or 0))
-                              if code == "busy" else SubmitRejected(code, reason))
+        exc = rejection(header)
         for tid in header["ids"]:
             if isinstance(tid, str):
                 self._rejected[tid] = exc
-                self.unacked.pop(tid, None)
-                self.undecided.pop(tid, None)
+                self.ledger.settled(tid)
         self._trim(self._rejected)
 
     def wait(self, task_id: str, timeout: float | None = None) -> Decision:

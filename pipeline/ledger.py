@@ -1,0 +1,74 @@
+"""What a producer has sent and not yet seen settled, shared by `Producer` and
+`AsyncProducer` (no sockets here: the producers do the sending).
+
+* `unacked`: submitted, no ACCEPTED yet. Sent again when the broker stays silent past the
+  ack timeout (the broker accepts a known id again without queueing it twice).
+* `undecided`: accepted, no decision yet. Sent again, with the unacked ones, when the
+  connection comes back (a restarted broker may have lost what it had not journaled).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any
+
+from pipeline import protocol as proto
+from pipeline.errors import Busy, PipelineError, SubmitRejected
+from pipeline.protocol import Cmd
+
+RESEND_CHUNK = 1000  # tasks per SUBMIT when sending again
+
+
+class SubmitLedger:
+    __slots__ = ("ack_timeout_s", "heard", "resent", "unacked", "undecided")
+
+    def __init__(self, ack_timeout_s: float) -> None:
+        self.ack_timeout_s = ack_timeout_s
+        self.heard = time.monotonic()
+        self.resent = 0
+        self.unacked: dict[str, dict[str, Any]] = {}
+        self.undecided: dict[str, dict[str, Any]] = {}
+
+    def sent(self, tasks: Iterable[dict[str, Any]]) -> None:
+        if not self.unacked:
+            self.heard = time.monotonic()  # the ack timeout starts with the first unacked
+        for task in tasks:
+            self.unacked[task["id"]] = task
+
+    def accepted(self, ids: Iterable[Any]) -> None:
+        for tid in ids:
+            task = self.unacked.pop(tid, None) if isinstance(tid, str) else None
+            if task is not None:
+                self.undecided[tid] = task
+
+    def settled(self, task_id: str) -> None:
+        """Decided or rejected: nothing left to send again."""
+        self.unacked.pop(task_id, None)
+        self.undecided.pop(task_id, None)
+
+    def overdue(self) -> list[dict[str, Any]]:
+        """The unacked tasks, if the broker has been silent past the ack timeout."""
+        if self.unacked and time.monotonic() - self.heard > self.ack_timeout_s:
+            return list(self.unacked.values())
+        return []
+
+    def outstanding(self) -> list[dict[str, Any]]:
+        """Everything not yet decided (to send again after a reconnect)."""
+        return [*self.unacked.values(), *self.undecided.values()]
+
+    def resend_frames(self, tasks: list[dict[str, Any]]) -> Iterator[list[Any]]:
+        """SUBMIT messages carrying `tasks` again under their ids, in chunks."""
+        for i in range(0, len(tasks), RESEND_CHUNK):
+            yield proto.encode(Cmd.SUBMIT, {"tasks": tasks[i:i + RESEND_CHUNK]})
+        self.resent += len(tasks)
+        self.heard = time.monotonic()
+
+
+def rejection(header: Mapping[str, Any]) -> PipelineError:
+    """The exception a REJECTED header stands for: Busy (with its retry-after) or
+    SubmitRejected."""
+    code, reason = header["code"], header["reason"]
+    if code == "busy":
+        return Busy(reason, int(header.get("retry_after_ms") or 0))
+    return SubmitRejected(code, reason)
