@@ -23,6 +23,7 @@ from pipeline import protocol as proto
 from pipeline.config import Settings
 from pipeline.errors import DecodeError, PipelineError, TaskTimeout
 from pipeline.protocol import Cmd
+from pipeline.security import client_context
 
 
 # -- output ------------------------------------------------------------------------------------
@@ -80,19 +81,6 @@ def cmd_config_show(args: argparse.Namespace) -> int:
 
 
 # -- talking to the broker and the sink --------------------------------------------------------
-@contextmanager
-def client_context(settings: Settings) -> Iterator[zmq.Context[Any]]:
-    """A fresh context for admin sockets (CurveZMQ client keys applied when configured)."""
-    from pipeline.security import client_defaults
-
-    ctx: zmq.Context[Any] = zmq.Context()
-    try:
-        client_defaults(ctx, settings)
-        yield ctx
-    finally:
-        ctx.destroy(linger=0)
-
-
 def request(ctx: zmq.Context[Any], endpoint: str, cmd: Cmd, header: dict[str, Any],
             timeout_s: float) -> dict[str, Any]:
     """One request on a fresh DEALER; the reply's header, or PipelineError on timeout."""

@@ -77,11 +77,11 @@ def serve_sink(settings: Settings, ready: Ready, stop: threading.Event) -> int:
 
 def serve_worker(settings: Settings, ready: Ready, stop: threading.Event) -> int:
     from pipeline.metrics import WorkerMetrics
-    from pipeline.security import worker_context
+    from pipeline.security import client_context
     from pipeline.worker import Worker
 
     config = settings.worker()
-    with worker_context(settings) as ctx:
+    with client_context(settings) as ctx:
         worker = Worker(config, ctx=ctx)
         metrics = WorkerMetrics(config.namespace, worker.counters)
         with metrics_endpoint(settings, "worker", metrics.registry) as port:

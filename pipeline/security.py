@@ -161,13 +161,16 @@ def server_context(settings: Settings, role: str) -> Iterator[zmq.Context[Any]]:
 
 
 @contextlib.contextmanager
-def worker_context(settings: Settings) -> Iterator[zmq.Context[Any]]:
+def client_context(settings: Settings) -> Iterator[zmq.Context[Any]]:
+    """A fresh context for client sockets (workers, admin tools), with CurveZMQ client keys
+    applied when configured. Sockets still open at the end are closed without linger;
+    closed ones keep their own linger (a worker's last UPDATE still goes out)."""
     ctx: zmq.Context[Any] = zmq.Context()
     try:
         client_defaults(ctx, settings)
         yield ctx
     finally:
-        ctx.term()
+        ctx.destroy(linger=0)
 
 
 # -- identity ----------------------------------------------------------------------------------
