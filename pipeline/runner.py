@@ -20,6 +20,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from pipeline.config import Endpoints
 
@@ -203,6 +204,14 @@ class Cluster:
             return None
         Path(self.log_dir).mkdir(parents=True, exist_ok=True)
         return str(Path(self.log_dir) / f"{role}.log")
+
+    def state(self, timeout: float = 10.0) -> dict[str, Any]:
+        """The sink's committed state now (one snapshot through its sync socket)."""
+        from pipeline.subscriber import Subscriber
+
+        with Subscriber(self.endpoints.events, self.endpoints.sync, from_version=0,
+                        namespace=self.namespace) as sub:
+            return sub.next(timeout=timeout).values
 
     def children(self) -> list[Child]:
         parts = [*self.worker_children, self.broker_child, self.sink_child]

@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 
 import pytest
 
-from pipeline import Status, Subscriber
+from pipeline import Status
 from pipeline.aio import AsyncProducer
 from pipeline.api import Decision
 from pipeline.errors import PipelineError, SubmitRejected, TaskTimeout
@@ -24,13 +24,6 @@ def _run(make: Callable[[], Awaitable[T]]) -> T:
     return asyncio.run(asyncio.wait_for(make(), 90))
 
 
-def _state(cluster: Any) -> dict[str, Any]:
-    with Subscriber(cluster.endpoints.events, cluster.endpoints.sync, from_version=0) as sub:
-        snap = sub.next(timeout=10)
-    assert snap.resync
-    return snap.values
-
-
 def test_submit_and_await_one_decision(cluster_factory):
     cluster = cluster_factory(workers=1).start()
 
@@ -41,7 +34,7 @@ def test_submit_and_await_one_decision(cluster_factory):
 
     decision = _run(main)
     assert decision.status is Status.COMMITTED and decision.version == 1
-    assert _state(cluster)["count"] == 5
+    assert cluster.state()["count"] == 5
 
 
 def test_many_concurrent_awaits_each_get_their_own_decision(cluster_factory):
@@ -60,7 +53,7 @@ def test_many_concurrent_awaits_each_get_their_own_decision(cluster_factory):
     assert all(tid == d.task for tid, d in results), "a handle got another task's decision"
     assert Counter(d.status for _, d in results) == {Status.COMMITTED: n}
     assert len({d.version for _, d in results}) == n
-    assert sorted(_state(cluster)["ledger"]) == sorted(f"t{i}" for i in range(n))
+    assert sorted(cluster.state()["ledger"]) == sorted(f"t{i}" for i in range(n))
 
 
 def test_submit_many_rejected_write_and_invalid_task(cluster_factory):
@@ -80,7 +73,7 @@ def test_submit_many_rejected_write_and_invalid_task(cluster_factory):
 
     decisions, bad, rejected = _run(main)
     assert all(d.committed for d in decisions)
-    assert _state(cluster)["count"] == sum(range(300))
+    assert cluster.state()["count"] == sum(range(300))
     assert bad.status is Status.REJECTED and bad.rule == "contract"
     assert isinstance(rejected, SubmitRejected) and rejected.code == "invalid"
 
@@ -137,7 +130,7 @@ def test_broker_restart_undecided_tasks_are_resent(cluster_factory):
     decisions, resent = _run(main)
     assert resent == 40
     assert Counter(d.status for d in decisions) == {Status.COMMITTED: 40}
-    assert _state(cluster)["count"] == 40
+    assert cluster.state()["count"] == 40
 
 
 def _restart_broker(cluster: Any) -> None:

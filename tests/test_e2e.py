@@ -15,14 +15,6 @@ from pipeline.runner import NO_ENGINE_PRELUDE
 pytestmark = pytest.mark.timeout(120)
 
 
-def _final_state(cluster) -> dict:
-    """The sink's committed state, read through a snapshot."""
-    with Subscriber(cluster.endpoints.events, cluster.endpoints.sync, from_version=0) as sub:
-        snap = sub.next(timeout=10)
-    assert snap.resync
-    return snap.values
-
-
 def test_two_producers_commit_each_task_exactly_once(cluster_factory):
     cluster = cluster_factory(workers=2).start()
     results: dict[int, list] = {}
@@ -47,7 +39,7 @@ def test_two_producers_commit_each_task_exactly_once(cluster_factory):
     assert Counter(d.status for d in decisions) == {Status.COMMITTED: 1000}
     versions = [d.version for d in decisions]
     assert len(set(versions)) == 1000, "each commit has its own global version"
-    state = _final_state(cluster)
+    state = cluster.state()
     expected_count = 2 * sum(i for i in range(500) if i % 2)
     assert state["count"] == expected_count
     ledger = state["ledger"]
@@ -66,7 +58,7 @@ def test_worker_killed_mid_run_loses_nothing(cluster_factory):
         victim.proc.wait()
         decisions = producer.results(handles[50:], timeout=60)
     assert all(d.committed for d in decisions)
-    ledger = _final_state(cluster)["ledger"]
+    ledger = cluster.state()["ledger"]
     assert len(ledger) == 400, "a task was lost or committed twice"
     assert sorted(ledger) == sorted(f"t{i}" for i in range(400))
 
@@ -98,7 +90,7 @@ def test_worker_without_the_engine_extension(cluster_factory):
         decisions = producer.results(
             [producer.submit("increment", by=3) for _ in range(20)], timeout=30)
     assert all(d.committed for d in decisions)
-    assert _final_state(cluster)["count"] == 60
+    assert cluster.state()["count"] == 60
 
 
 def test_subscriber_sees_each_commit_in_order(cluster_factory):
