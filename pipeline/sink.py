@@ -205,7 +205,7 @@ class Sink:
 
     def _vet_one(self, desc: Any) -> None:
         try:
-            self.heavy.validate(desc)
+            self.heavy.vet(desc)
             reason = None
         except HeavyError as exc:
             reason = str(exc)
@@ -282,7 +282,6 @@ class Sink:
         batch = self.engine.apply_batch(frames, vetted or None)
         if self._fault == "crash-after-journal" and batch.commits:
             os._exit(FAULT_EXIT)  # fault injection (tests): journaled, nothing published
-        self._settle_heavy(batch, vetted, placed)
         self.counters["batches"] += 1
         self.counters["updates"] += len(batch)
         self.counters["commits"] += batch.commits
@@ -292,6 +291,9 @@ class Sink:
             self.events.send_multipart(proto.encode_raw(Cmd.COMMIT, batch.events))
         self._submit_followups(batch.followups)
         self._send_control(proto.encode_raw(Cmd.DECISION, batch.decisions))
+        # After the publish: adopting segments and freeing superseded ones is bookkeeping of
+        # this thread (the journal already holds the commit), not on the commit's path.
+        self._settle_heavy(batch, vetted, placed)
         if self._releasing:
             self.engine.mark_released(self.engine.version)
         self._after_batch(batch)

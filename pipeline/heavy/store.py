@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import mmap
 import os
 from collections import OrderedDict
 from collections.abc import Mapping
@@ -39,13 +40,38 @@ import numpy as np
 
 from pipeline.errors import HeavyError
 from pipeline.heavy import descriptor, names, segment
-from pipeline.heavy.segment import Mapped
 
 log = logging.getLogger(__name__)
 
 DEFAULT_POOL_MAX_BYTES = 1 << 30
 DEFAULT_MAX_BYTES = 1 << 40
 MAX_STAGED = 256
+
+
+class Held:
+    """A segment the store holds open (read-write, for the flock and the generation bump).
+    It is mapped, read-only, only when a view of it is asked for: vetting and committing
+    need the file, not its pages."""
+
+    __slots__ = ("fd", "name", "size", "_mm")
+
+    def __init__(self, name: str, fd: int, size: int) -> None:
+        self.name, self.fd, self.size = name, fd, size
+        self._mm: mmap.mmap | None = None
+
+    def mapping(self) -> mmap.mmap:
+        if self._mm is None:
+            self._mm = mmap.mmap(self.fd, self.size, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ)
+        return self._mm
+
+    def close(self) -> None:
+        """Unmap (unless views still use the mapping: then when they go) and close the fd."""
+        if self._mm is not None:
+            try:
+                self._mm.close()
+            except BufferError:
+                log.debug("segment %s still has live views; unmapped when they go", self.name)
+        os.close(self.fd)
 
 
 class HeavyStore:
@@ -60,11 +86,11 @@ class HeavyStore:
         self._pool_fd = os.open(self._path / names.POOL_DIR, os.O_RDONLY | os.O_DIRECTORY)
         self.pool_max_bytes = pool_max_bytes
         self.max_bytes = max_bytes
-        self._committed: dict[str, Mapped] = {}
+        self._committed: dict[str, Held] = {}
         self._refs: dict[str, descriptor.SegmentRef] = {}
         self._by_seg: dict[str, str] = {}
-        self._pending: dict[str, Mapped] = {}
-        self._staged: OrderedDict[str, Mapped] = OrderedDict()
+        self._pending: dict[str, Held] = {}
+        self._staged: OrderedDict[str, Held] = OrderedDict()
         self._closed = False
 
     # -- decisions ----------------------------------------------------------------------
@@ -76,6 +102,15 @@ class HeavyStore:
             return descriptor.parse_inline(desc, self.max_bytes)
         ref, held = self._check(desc)
         return _view(ref, held)
+
+    def vet(self, desc: Any) -> None:
+        """`validate` without the view: every check, but the segment is not mapped here (the
+        sink's engine maps it itself when array rules read it). HeavyError if it fails."""
+        self._check_open()
+        if _inline(desc, self.namespace):
+            descriptor.parse_inline(desc, self.max_bytes)
+            return
+        self._check(desc)
 
     def commit(self, key: str, desc: Any) -> None:
         """Take ownership of `desc`'s segment as `key`'s value; supersede the previous one."""
@@ -207,7 +242,7 @@ class HeavyStore:
 
     # -- internals ----------------------------------------------------------------------
 
-    def _check(self, desc: Any) -> tuple[descriptor.SegmentRef, Mapped]:
+    def _check(self, desc: Any) -> tuple[descriptor.SegmentRef, Held]:
         if not isinstance(desc, Mapping):
             raise HeavyError(f"descriptor must be a map, got {type(desc).__name__}")
         descriptor.check_namespace_field(desc, self.namespace)
@@ -219,27 +254,27 @@ class HeavyStore:
             raise HeavyError(f"segment {ref.seg} is superseded and being freed")
         held = self._staged.get(ref.seg)
         if held is None:
-            held = self._stage(ref)
+            return ref, self._stage(ref)  # its header was read just now
         gen, _ = segment.read_header(held.fd, ref.seg)
         descriptor.check_bounds(ref, held.size, gen, segment.HEADER)
         return ref, held
 
-    def _stage(self, ref: descriptor.SegmentRef) -> Mapped:
+    def _stage(self, ref: descriptor.SegmentRef) -> Held:
         fd = segment.open_segment(self._dir_fd, ref.seg, writable=True)
         try:
             st = segment.check_file(ref.seg, os.fstat(fd))
             gen, _ = segment.read_header(fd, ref.seg)
             descriptor.check_bounds(ref, st.st_size, gen, segment.HEADER)
-            held = segment.map_fd(ref.seg, fd, writable=False)
         except BaseException:
             os.close(fd)
             raise
+        held = Held(ref.seg, fd, st.st_size)
         self._staged[ref.seg] = held
         while len(self._staged) > MAX_STAGED:
             self._staged.popitem(last=False)[1].close()
         return held
 
-    def _supersede(self, key: str, held: Mapped | None) -> None:
+    def _supersede(self, key: str, held: Held | None) -> None:
         previous = self._committed.pop(key, None)
         self._refs.pop(key, None)
         if held is not None:
@@ -309,12 +344,13 @@ def _inline(desc: Any, namespace: str) -> bool:
     return descriptor.is_inline(desc)
 
 
-def _view(ref: descriptor.SegmentRef, held: Mapped) -> np.ndarray:
+def _view(ref: descriptor.SegmentRef, held: Held) -> np.ndarray:
     lay = ref.layout
-    return np.ndarray(lay.shape, lay.dtype, buffer=held.mm, offset=ref.off, strides=lay.strides)
+    return np.ndarray(lay.shape, lay.dtype, buffer=held.mapping(), offset=ref.off,
+                      strides=lay.strides)
 
 
-def _leased(held: Mapped) -> int:
+def _leased(held: Held) -> int:
     if segment.try_lock_exclusive(held.fd):
         segment.unlock(held.fd)
         return 0
