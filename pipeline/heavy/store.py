@@ -53,7 +53,7 @@ class Held:
     It is mapped, read-only, only when a view of it is asked for: vetting and committing
     need the file, not its pages."""
 
-    __slots__ = ("fd", "name", "size", "_mm")
+    __slots__ = ("_mm", "fd", "name", "size")
 
     def __init__(self, name: str, fd: int, size: int) -> None:
         self.name, self.fd, self.size = name, fd, size
