@@ -33,6 +33,7 @@ import numpy as np
 import zmq
 
 from pipeline.bench.cluster import BenchError
+from pipeline.errors import TaskTimeout
 from pipeline.producer import Producer
 from pipeline.runner import Cluster
 from pipeline.subscriber import Subscriber
@@ -89,18 +90,27 @@ def _pipeline(repeat: int, sizes: tuple[int, ...]) -> dict[str, Any]:
 
 def _runs(producer: Producer, sub: Subscriber, process: str, key: str, mb: int,
           repeat: int) -> list[float]:
+    """One timing per run: the subscriber waits for the commit event itself, maps the array,
+    reads its last element and stamps. The producer's decision is collected only afterwards:
+    it travels sink -> broker -> producer, a path that is not the one timed, and waiting for
+    it first would add its latency whenever it is the slower of the two."""
     times = []
     for i in range(WARMUP + repeat):
         value = float(i + 1)
-        decision = producer.submit(process, mb=mb, value=value).result(timeout=120)
-        if not decision.committed:
-            raise BenchError(f"{process} {mb} MB not committed: {decision.reason}")
-        change = sub.next(timeout=60)
+        handle = producer.submit(process, mb=mb, value=value)
+        try:
+            change = sub.next(timeout=60)
+        except TaskTimeout:
+            decision = handle.result(timeout=1)
+            raise BenchError(f"{process} {mb} MB: no commit event ({decision.reason})") from None
         arr = sub.array(change, key)
         if arr[-1] != value or arr.nbytes != mb * 1_000_000:
             raise BenchError(f"{process} {mb} MB: the subscriber read the wrong array")
         elapsed = (time.monotonic_ns() - change.values["t_return_ns"]) / 1e6
         del arr
+        decision = handle.result(timeout=120)
+        if not decision.committed or change.task != handle.id:
+            raise BenchError(f"{process} {mb} MB: not committed as seen: {decision.reason}")
         if i >= WARMUP:
             times.append(elapsed)
     return times
