@@ -12,7 +12,7 @@ __all__ = ["Batch", "Decision", "Engine", "__version__", "scan_f64", "verify_jou
 __version__: str
 
 # Private: a typing-only alias (the extension has no such attribute).
-_Status = Literal["committed", "rejected", "conflict", "duplicate", "blocked", "failed"]
+_Status = Literal["committed", "rejected", "conflict", "duplicate", "blocked", "failed", "expired"]
 
 # Every class is a frozen #[pyclass]: it cannot be subclassed (hence @final).
 @final
@@ -93,9 +93,17 @@ class Engine:
         strict: bool = False,
         recipes: str | None = None,
         heavy_dir: str | None = None,
+        dedup_window_ms: int = 0,
+        dedup_max_entries: int = 0,
     ) -> Engine:
         """Open (or create) the journal in `journal_dir`, verify it, truncate a torn tail and
         replay it to rebuild the state and the de-duplication table.
+
+        `dedup_window_ms` and `dedup_max_entries` bound the de-duplication table (0: no
+        bound): it forgets decisions whose stamp is more than the window behind the newest
+        `born_ms` seen, or beyond the entry count, oldest first. An update whose `born_ms` is
+        at or before the horizon (the newest stamp forgotten) is decided "expired" (rule
+        "dedup_horizon"), not committed and not journalled.
 
         `heavy_dir` is the heavy namespace directory (`/dev/shm/pipeline-<ns>`): for a process
         whose rules read array bytes (finite, min, max, checksum) the engine maps each vetted
@@ -121,6 +129,10 @@ class Engine:
         """(version, msgpack-encoded value) of one key, or None."""
     @property
     def version(self) -> int: ...
+    def dedup_stats(self) -> dict[str, int]:
+        """The de-duplication table: entries, clock_ms (newest born_ms), horizon_ms (tasks
+        born at or before it are refused as expired; 0 until something is forgotten),
+        forgotten, clamped (born_ms values far ahead of the sink's clock)."""
     def blocked(self) -> list[str]:
         """Blocked (or half-open) processes; blocks are journalled and survive a restart."""
     def unblock(self, process: str) -> bool:

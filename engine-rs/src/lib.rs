@@ -283,7 +283,8 @@ fn fsync_policy(policy: &str, interval_ms: u64) -> Result<core::Fsync, CoreError
 #[pymethods]
 impl Engine {
     #[new]
-    #[pyo3(signature = (journal_dir, *, fsync = "interval", fsync_interval_ms = 10, strict = false, recipes = None, heavy_dir = None))]
+    #[pyo3(signature = (journal_dir, *, fsync = "interval", fsync_interval_ms = 10, strict = false, recipes = None, heavy_dir = None, dedup_window_ms = 0, dedup_max_entries = 0))]
+    #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
         journal_dir: &str,
@@ -292,12 +293,18 @@ impl Engine {
         strict: bool,
         recipes: Option<&str>,
         heavy_dir: Option<&str>,
+        dedup_window_ms: u64,
+        dedup_max_entries: usize,
     ) -> PyResult<Self> {
         let open = || -> Result<core::Engine, CoreError> {
             let config = core::Config {
                 fsync: fsync_policy(fsync, fsync_interval_ms)?,
                 strict,
                 heavy_dir: heavy_dir.map(Into::into),
+                horizon: core::Horizon {
+                    window_ms: dedup_window_ms,
+                    max_entries: dedup_max_entries,
+                },
             };
             let audit = core::make_audit(recipes.map(Path::new))?;
             core::Engine::open(Path::new(journal_dir), config, audit)
@@ -361,6 +368,20 @@ impl Engine {
     #[getter]
     fn version(&self, py: Python<'_>) -> PyResult<u64> {
         self.with(py, |e| Ok(e.version()))
+    }
+
+    /// The de-duplication table's figures: entries, clock_ms, horizon_ms, forgotten, clamped.
+    fn dedup_stats(&self, py: Python<'_>) -> PyResult<std::collections::HashMap<&'static str, u64>> {
+        let st = self.with(py, |e| Ok(e.dedup_stats()))?;
+        Ok([
+            ("entries", st.entries as u64),
+            ("clock_ms", st.clock_ms),
+            ("horizon_ms", st.horizon_ms),
+            ("forgotten", st.forgotten),
+            ("clamped", st.clamped),
+        ]
+        .into_iter()
+        .collect())
     }
 
     fn blocked(&self, py: Python<'_>) -> PyResult<Vec<String>> {

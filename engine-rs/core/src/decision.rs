@@ -13,6 +13,9 @@ pub enum Status {
     Duplicate,
     Blocked,
     Failed,
+    /// Born at or before the de-duplication horizon: cannot be checked, so not committed
+    /// (the broker dead-letters it). Not final at the sink: never journalled or remembered.
+    Expired,
 }
 
 impl Status {
@@ -24,6 +27,7 @@ impl Status {
             Status::Duplicate => "duplicate",
             Status::Blocked => "blocked",
             Status::Failed => "failed",
+            Status::Expired => "expired",
         }
     }
 
@@ -35,6 +39,7 @@ impl Status {
             "duplicate" => Status::Duplicate,
             "blocked" => Status::Blocked,
             "failed" => Status::Failed,
+            "expired" => Status::Expired,
             _ => return Err("unknown status"),
         })
     }
@@ -167,7 +172,7 @@ impl Decision {
 }
 
 /// The details of a final decision beyond its status, version and attempt.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct Detail {
     pub reason: String,
     pub rule: Option<String>,

@@ -1,6 +1,18 @@
-//! The de-duplication table: every final decision ever journalled, by task id, so that a
-//! late repeat of any task gets its original decision back (exactly-once; entries are never
-//! forgotten).
+//! The de-duplication table: the final decisions journalled, by task id, so that a late
+//! repeat of a task gets its original decision back (exactly-once).
+//!
+//! **The horizon.** The table forgets, or the sink's memory would grow with every task ever
+//! run. Each update carries `born_ms`, a time the broker stamps on the task (at intake, and
+//! again at its first dispatch when no attempt can have run before) that never grows across
+//! its attempts. The table keeps a clock, the highest `born_ms` seen, and stamps each entry
+//! with the clock when it is inserted; entries leave in insertion order once their stamp is
+//! more than `window_ms` behind the clock, or when there are more than `max_entries`. The
+//! horizon is the highest stamp forgotten so far. An earlier decision of a task was
+//! stamped at or after the task's `born_ms`, so a task born after the horizon has all its
+//! decisions still in the table: its check is exact. A task born at or before the horizon
+//! cannot be checked, and is refused (see [`Dedup::expired`]) rather than risk committing
+//! it twice. Only the broker's clock is involved, so the sink's clock does not matter,
+//! except that a `born_ms` far ahead of it is clamped (a forged one cannot empty the table).
 //!
 //! A task id is not stored: the table is keyed by a 128-bit SipHash-1-3 of it under a key
 //! drawn from the OS's randomness when the engine opens (the table is rebuilt from the
@@ -12,7 +24,8 @@
 //! An entry is 40 bytes with no heap allocation: the key, the version, the attempt, the
 //! process (interned) and an index into a side table holding the rare details (a reason,
 //! rule, level or error; an attempt beyond u32).
-use std::collections::HashMap;
+use std::collections::hash_map::Entry;
+use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasher, BuildHasherDefault, Hasher, RandomState};
 use std::sync::Arc;
 
@@ -163,12 +176,41 @@ impl Interner {
     }
 }
 
+/// How long the table remembers: both bounds apply; 0 means no bound of that kind.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Horizon {
+    pub window_ms: u64,
+    pub max_entries: usize,
+}
+
+/// How far ahead of the sink's own clock a `born_ms` may be before it is clamped.
+pub const MAX_SKEW_MS: u64 = 10 * 60 * 1000;
+
+/// The table's figures, for status and metrics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DedupStats {
+    pub entries: usize,
+    /// The highest `born_ms` seen.
+    pub clock_ms: u64,
+    /// Tasks born at or before this cannot be checked (0: nothing forgotten yet).
+    pub horizon_ms: u64,
+    pub forgotten: u64,
+    /// Updates whose `born_ms` was clamped to the sink's clock plus [`MAX_SKEW_MS`].
+    pub clamped: u64,
+}
+
 /// The table. See the module documentation.
 pub struct Dedup {
     sip: Sip128,
     map: HashMap<TaskKey, Fin, BuildHasherDefault<KeyHasher>>,
     processes: Interner,
     extras: Vec<Extra>,
+    free_extras: Vec<u32>,
+    policy: Horizon,
+    /// Keys in insertion order, and their stamps run-length encoded (stamp, count).
+    order: VecDeque<TaskKey>,
+    stamps: VecDeque<(u64, u32)>,
+    stats: DedupStats,
 }
 
 impl Default for Dedup {
@@ -184,7 +226,47 @@ impl Dedup {
             map: HashMap::default(),
             processes: Interner::default(),
             extras: Vec::new(),
+            free_extras: Vec::new(),
+            policy: Horizon::default(),
+            order: VecDeque::new(),
+            stamps: VecDeque::new(),
+            stats: DedupStats::default(),
         }
+    }
+
+    pub fn set_horizon(&mut self, policy: Horizon) {
+        self.policy = policy;
+        self.forget();
+    }
+
+    pub fn stats(&self) -> DedupStats {
+        DedupStats {
+            entries: self.map.len(),
+            ..self.stats
+        }
+    }
+
+    /// Advance the clock to an update's `born_ms` (clamped to `now_ms` + [`MAX_SKEW_MS`]).
+    #[inline]
+    pub fn observe(&mut self, born_ms: Option<u64>, now_ms: u64) {
+        if let Some(born) = born_ms {
+            let limit = now_ms.saturating_add(MAX_SKEW_MS);
+            let born = if born > limit {
+                self.stats.clamped += 1;
+                limit
+            } else {
+                born
+            };
+            self.stats.clock_ms = self.stats.clock_ms.max(born);
+        }
+    }
+
+    /// A task born at or before the horizon: some decision of it may have been forgotten.
+    /// (An update without `born_ms` is not checked against the horizon.)
+    #[inline]
+    pub fn expired(&self, born_ms: Option<u64>) -> Option<u64> {
+        let horizon = self.stats.horizon_ms;
+        born_ms.filter(|b| horizon > 0 && *b <= horizon).map(|_| horizon)
     }
 
     #[inline]
@@ -245,14 +327,73 @@ impl Dedup {
             blocked: d.blocked,
         };
         if self.map.len() == self.map.capacity() {
-            // Grow fourfold: fewer rehashes of a table that only grows.
-            self.map.reserve(self.map.len().max(1 << 14) * 3);
+            // Grow fourfold while the table only grows; once it forgets, it stops growing.
+            let grow = if self.stats.forgotten == 0 { 3 } else { 1 };
+            self.map.reserve(self.map.len().max(1 << 14) * grow);
         }
-        self.map.insert(key, fin);
+        match self.map.entry(key) {
+            // Decided already: the first decision stands (callers check `duplicate` first).
+            Entry::Occupied(_) => {
+                if fin.detail != NO_DETAIL {
+                    self.free(fin);
+                }
+                return;
+            }
+            Entry::Vacant(v) => {
+                v.insert(fin);
+            }
+        }
+        self.order.push_back(key);
+        let clock = self.stats.clock_ms;
+        match self.stamps.back_mut() {
+            Some((stamp, n)) if *stamp == clock && *n < u32::MAX => *n += 1,
+            _ => self.stamps.push_back((clock, 1)),
+        }
+        self.forget();
+    }
+
+    /// Drop the oldest entries past the policy's bounds, raising the horizon.
+    fn forget(&mut self) {
+        let Horizon { window_ms, max_entries } = self.policy;
+        let oldest_kept = if window_ms > 0 {
+            self.stats.clock_ms.saturating_sub(window_ms)
+        } else {
+            0
+        };
+        while let Some(&(stamp, n)) = self.stamps.front() {
+            let over = max_entries > 0 && self.order.len() > max_entries;
+            if stamp >= oldest_kept && !over {
+                break;
+            }
+            let Some(key) = self.order.pop_front() else {
+                break;
+            };
+            if n > 1 {
+                self.stamps[0].1 -= 1;
+            } else {
+                self.stamps.pop_front();
+            }
+            if let Some(fin) = self.map.remove(&key) {
+                self.free(fin);
+            }
+            self.stats.horizon_ms = self.stats.horizon_ms.max(stamp);
+            self.stats.forgotten += 1;
+        }
+        if self.order.capacity() > 64 && self.order.len() < self.order.capacity() / 4 {
+            self.order.shrink_to(self.order.len() * 2);
+        }
+    }
+
+    fn free(&mut self, fin: Fin) {
+        if fin.detail != NO_DETAIL {
+            let x = &mut self.extras[fin.detail as usize];
+            x.detail = Detail::default();
+            self.free_extras.push(fin.detail);
+        }
     }
 
     fn extra(&mut self, d: &Decision) -> u32 {
-        self.extras.push(Extra {
+        let x = Extra {
             attempt: d.attempt,
             detail: Detail {
                 reason: d.reason.clone(),
@@ -260,7 +401,12 @@ impl Dedup {
                 level: d.level,
                 error: d.error.clone(),
             },
-        });
+        };
+        if let Some(i) = self.free_extras.pop() {
+            self.extras[i as usize] = x;
+            return i;
+        }
+        self.extras.push(x);
         (self.extras.len() - 1) as u32
     }
 }
@@ -324,5 +470,87 @@ mod tests {
         );
         assert!(t.duplicate(t.key("c"), "c").is_none());
         assert_eq!(t.len(), 2);
+    }
+
+    fn commit(t: &mut Dedup, id: &str, born: u64) {
+        assert!(t.expired(Some(born)).is_none(), "{id} born {born} expired");
+        commit_unchecked(t, id, born);
+    }
+
+    #[test]
+    fn the_window_forgets_in_order_and_raises_the_horizon() {
+        let mut t = Dedup::new(reference_key());
+        t.set_horizon(Horizon { window_ms: 100, max_entries: 0 });
+        commit(&mut t, "a", 1_000);
+        commit(&mut t, "b", 1_050);
+        commit(&mut t, "c", 1_100);
+        assert_eq!((t.len(), t.stats().horizon_ms), (3, 0)); // a is exactly 100 behind: kept
+        commit(&mut t, "d", 1_101);
+        assert!(t.duplicate(t.key("a"), "a").is_none());
+        assert!(t.duplicate(t.key("b"), "b").is_some());
+        let st = t.stats();
+        assert_eq!((st.entries, st.horizon_ms, st.forgotten, st.clock_ms), (3, 1_000, 1, 1_101));
+        // A repeat of "a" (born 1000) can no longer be checked; a task born later can.
+        assert_eq!(t.expired(Some(1_000)), Some(1_000));
+        assert_eq!(t.expired(Some(1_001)), None);
+        assert_eq!(t.expired(None), None);
+    }
+
+    #[test]
+    fn the_entry_bound_forgets_the_oldest() {
+        let mut t = Dedup::new(reference_key());
+        t.set_horizon(Horizon { window_ms: 0, max_entries: 2 });
+        for (i, id) in ["a", "b", "c", "d"].iter().enumerate() {
+            commit(&mut t, id, 10 + i as u64);
+        }
+        assert_eq!(t.len(), 2);
+        assert!(t.duplicate(t.key("c"), "c").is_some() && t.duplicate(t.key("b"), "b").is_none());
+        assert_eq!(t.stats().horizon_ms, 11);
+    }
+
+    #[test]
+    fn a_forgotten_task_born_after_the_horizon_is_never_one_that_was_forgotten() {
+        // Tasks born out of order (a long queue, retries): whatever is forgotten, every
+        // task born after the horizon still finds its decision.
+        let mut t = Dedup::new(reference_key());
+        t.set_horizon(Horizon { window_ms: 50, max_entries: 40 });
+        let mut born = Vec::new();
+        for i in 0..500u64 {
+            let b = 1_000 + (i * 7919) % 300 + i; // jittered, slowly rising
+            commit_unchecked(&mut t, &format!("t{i}"), b);
+            born.push(b);
+            let h = t.stats().horizon_ms;
+            for (j, b) in born.iter().enumerate() {
+                if *b > h {
+                    let id = format!("t{j}");
+                    assert!(t.duplicate(t.key(&id), &id).is_some(), "t{j} born {b}, horizon {h}");
+                }
+            }
+        }
+        assert!(t.stats().forgotten > 400);
+    }
+
+    fn commit_unchecked(t: &mut Dedup, id: &str, born: u64) {
+        let (p, pid) = t.intern("proc");
+        t.observe(Some(born), born);
+        let d = Decision::new(Arc::from(id), p, 1, Status::Committed);
+        t.insert(t.key(id), &d, pid);
+    }
+
+    #[test]
+    fn details_of_forgotten_entries_are_reused_and_far_future_stamps_clamped() {
+        let mut t = Dedup::new(reference_key());
+        t.set_horizon(Horizon { window_ms: 0, max_entries: 1 });
+        let (p, pid) = t.intern("proc");
+        for i in 0..100 {
+            let id = format!("r{i}");
+            let mut d = Decision::new(Arc::from(id.as_str()), p.clone(), 1, Status::Rejected);
+            d.reason = format!("no {i}");
+            t.insert(t.key(&id), &d, pid);
+        }
+        assert_eq!(t.extras.len(), 2, "freed details are reused");
+        assert_eq!(t.duplicate(t.key("r99"), "r99").unwrap().reason, "no 99");
+        t.observe(Some(u64::MAX), 5);
+        assert_eq!((t.stats().clock_ms, t.stats().clamped), (5 + MAX_SKEW_MS, 1));
     }
 }

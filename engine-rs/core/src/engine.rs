@@ -7,7 +7,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::audit_api::{ArrayField, Audit, AuditInput, Failure, Finding, Verdict};
 use crate::decision::{Decision, Status};
-use crate::dedup::TaskKey;
+use crate::dedup::{DedupStats, Horizon, TaskKey};
 use crate::error::{EngineError, Result};
 use crate::fxhash::{FxMap, FxSet};
 use crate::heavy::{map_segment, Mapped};
@@ -27,6 +27,8 @@ pub struct Config {
     /// The heavy namespace directory (`/dev/shm/pipeline-<ns>`): segment descriptors are
     /// mapped from here when a process has rules that read array bytes.
     pub heavy_dir: Option<PathBuf>,
+    /// How long the de-duplication table remembers (see [`crate::dedup`]).
+    pub horizon: Horizon,
 }
 
 impl Default for Config {
@@ -35,6 +37,7 @@ impl Default for Config {
             fsync: Fsync::Interval(std::time::Duration::from_millis(10)),
             strict: false,
             heavy_dir: None,
+            horizon: Horizon::default(),
         }
     }
 }
@@ -121,10 +124,12 @@ impl Engine {
     /// Open (or create) the journal in `dir` and replay it.
     pub fn open(dir: &Path, config: Config, audit: Box<dyn Audit>) -> Result<Engine> {
         let (mut store, mut audit, mut outbox) = (Store::default(), audit, Outbox::default());
+        store.dedup.set_horizon(config.horizon);
         let mut replay = Replay {
             store: &mut store,
             audit: audit.as_mut(),
             outbox: &mut outbox,
+            now_ms: now().0,
         };
         let journal = Journal::open(dir, config.fsync, &mut |i, p| replay.record(i, p))?;
         Ok(Engine {
@@ -165,6 +170,10 @@ impl Engine {
 
     pub fn version(&self) -> u64 {
         self.store.version
+    }
+
+    pub fn dedup_stats(&self) -> DedupStats {
+        self.store.dedup.stats()
     }
 
     pub fn get(&self, key: &str) -> Option<(u64, &[u8])> {
@@ -367,16 +376,28 @@ impl Engine {
     }
 
     fn decide(&mut self, u: &Update<'_>, s: &Scratch<'_>, ctx: &Ctx<'_>, out: &mut BatchOut) -> Decision {
-        let key = self.store.dedup.key(u.task);
-        if let Some(dup) = self.store.dedup.duplicate(key, u.task) {
+        let dedup = &mut self.store.dedup;
+        let key = dedup.key(u.task);
+        if let Some(dup) = dedup.duplicate(key, u.task) {
             return dup;
         }
+        dedup.observe(u.born_ms, ctx.now_ms);
         let now = (ctx.now_ms, ctx.now_us);
         let (process, pid) = match self.contracts.get(u.process) {
             Some(c) => (c.name.clone(), c.pid),
             None => self.store.dedup.intern(u.process),
         };
         let mut d = Decision::new(Arc::from(u.task), process, u.attempt, Status::Committed);
+        if let Some(horizon) = self.store.dedup.expired(u.born_ms) {
+            d.status = Status::Expired;
+            d.rule = Some("dedup_horizon".into());
+            d.reason = format!(
+                "born at {} ms, at or before the de-duplication horizon ({horizon} ms): an \
+                 earlier attempt may have committed, so this one is not",
+                u.born_ms.unwrap_or(0)
+            );
+            return d;
+        }
         let notes = self.judge(u, s, ctx, &mut d, out);
         if let Some(notes) = &notes {
             if self.conflict(u, s, &mut d) {

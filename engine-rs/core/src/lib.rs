@@ -15,6 +15,7 @@ pub mod store;
 pub mod update;
 
 pub use decision::{Decision, Status};
+pub use dedup::{DedupStats, Horizon};
 pub use engine::{BatchOut, Config, Engine, Vetted};
 pub use error::{EngineError, Result};
 pub use journal::{verify, Fsync};

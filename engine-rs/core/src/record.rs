@@ -117,6 +117,8 @@ pub struct Replay<'e> {
     pub store: &'e mut Store,
     pub audit: &'e mut dyn Audit,
     pub outbox: &'e mut Outbox,
+    /// The sink's clock while replaying (a `born_ms` far ahead of it is clamped).
+    pub now_ms: u64,
 }
 
 impl Replay<'_> {
@@ -208,8 +210,10 @@ impl Replay<'_> {
                 self.remember(version, &u, &s);
             }
         }
-        let key = self.store.dedup.key(u.task);
-        self.store.dedup.insert(key, &d, pid);
+        let dedup = &mut self.store.dedup;
+        dedup.observe(u.born_ms, self.now_ms);
+        let key = dedup.key(u.task);
+        dedup.insert(key, &d, pid);
         Ok(())
     }
 

@@ -77,6 +77,9 @@ pub struct Update<'a> {
     pub signals: Option<&'a [u8]>,
     pub tasks: Option<&'a [u8]>,
     pub run_us: u64,
+    /// The broker's stamp on the task (ms since the epoch), the same on every attempt: the
+    /// de-duplication horizon is checked against it.
+    pub born_ms: Option<u64>,
 }
 
 /// A decode failure: which field, and why.
@@ -266,6 +269,7 @@ fn field<'a>(
         b"tasks" => u.tasks = Some(tasks(r)?),
         b"run_us" => u.run_us = at("run_us", r.uint())?,
         b"expect" => u.expect = opt_uint(r, "expect")?,
+        b"born_ms" => u.born_ms = opt_uint(r, "born_ms")?,
         _ => {
             return Err(Malformed {
                 field: "update",
@@ -276,7 +280,7 @@ fn field<'a>(
     Ok(field_bit(name))
 }
 
-/// The field's bit: by its length and first byte, which tell the 14 names apart (the name
+/// The field's bit: by its length and first byte, which tell the 15 names apart (the name
 /// is known to be one of them).
 #[inline]
 fn field_bit(name: &[u8]) -> u32 {
@@ -295,6 +299,7 @@ fn field_bit(name: &[u8]) -> u32 {
         (5, b't') => 1 << 11,
         (6, b'r') => 1 << 12,
         (6, b'e') => 1 << 13,
+        (7, b'b') => 1 << 14,
         _ => 0,
     }
 }
@@ -551,10 +556,10 @@ mod tests {
     fn every_field_has_its_own_bit() {
         let names = [
             "task", "process", "attempt", "worker", "reads", "base", "args", "data", "heavy",
-            "error", "signals", "tasks", "run_us", "expect",
+            "error", "signals", "tasks", "run_us", "expect", "born_ms",
         ];
         let bits: Vec<u32> = names.iter().map(|n| field_bit(n.as_bytes())).collect();
         let all = bits.iter().fold(0, |acc, b| acc | b);
-        assert_eq!((all.count_ones(), bits.iter().all(|b| b.count_ones() == 1)), (14, true));
+        assert_eq!((all.count_ones(), bits.iter().all(|b| b.count_ones() == 1)), (15, true));
     }
 }

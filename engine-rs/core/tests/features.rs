@@ -380,3 +380,41 @@ fn journals_of_the_first_format_still_replay() {
     let next = update("t3", &[("a", 2)], &[("a", 8)], vec![]);
     assert_eq!(statuses(&mut e, vec![next]), [Status::Committed]);
 }
+
+fn born(task: &str, ms: u64, read: u64) -> Value {
+    update(task, &[("a", read)], &[("a", read + 1)], vec![("born_ms", Value::from(ms))])
+}
+
+#[test]
+fn the_dedup_horizon_refuses_what_it_cannot_check_and_survives_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let horizon = pipeline_core::Horizon { window_ms: 1_000, max_entries: 0 };
+    let cfg = || pipeline_core::Config { horizon, ..config(false) };
+    let now = 1_700_000_000_000u64;
+    {
+        let mut e = open_with(dir.path(), cfg(), None);
+        assert_eq!(statuses(&mut e, vec![born("old", now, 0)]), [Status::Committed]);
+        assert_eq!(statuses(&mut e, vec![born("mid", now + 600, 1)]), [Status::Committed]);
+        // The clock moves past old's window: old is forgotten, the horizon is its stamp.
+        assert_eq!(statuses(&mut e, vec![born("new", now + 1_500, 2)]), [Status::Committed]);
+        let st = e.dedup_stats();
+        assert_eq!((st.entries, st.horizon_ms, st.clock_ms), (2, now, now + 1_500));
+        // A repeat of old cannot be checked any more: expired, not committed, not journaled.
+        let out = e.apply_batch(&[frame(vec![born("old", now, 3)])]).unwrap();
+        let d = &out.decisions[0];
+        assert_eq!((d.status, d.rule.as_deref(), out.commits), (Status::Expired, Some("dedup_horizon"), 0));
+        // mid is still remembered, whatever attempt repeats it.
+        assert_eq!(statuses(&mut e, vec![born("mid", now + 600, 3)]), [Status::Duplicate]);
+        e.close().unwrap();
+    }
+    let e = open_with(dir.path(), cfg(), None);
+    assert_eq!((e.version(), e.dedup_stats().entries, e.dedup_stats().horizon_ms), (3, 2, now));
+    let mut e = e;
+    assert_eq!(statuses(&mut e, vec![born("old", now, 3)]), [Status::Expired]);
+    assert_eq!(statuses(&mut e, vec![born("new", now + 1_500, 0)]), [Status::Duplicate]);
+    // Without a bound (the default), nothing is forgotten.
+    let all = tempfile::tempdir().unwrap();
+    let mut e = open_with(all.path(), config(false), None);
+    assert_eq!(statuses(&mut e, vec![born("x", 0, 0), born("y", u64::MAX / 2, 1)]).len(), 2);
+    assert_eq!((e.dedup_stats().entries, e.dedup_stats().horizon_ms), (2, 0));
+}
