@@ -394,6 +394,10 @@ class Broker:
         batch = self._queues.take(w.processes, min(w.credit, self.config.max_dispatch_batch))
         if not batch:
             return False
+        born = 0
+        for e in batch:
+            if e.fresh:  # no attempt ran yet: the de-duplication window starts now
+                e.task["born_ms"] = born = born or _wall_ms()
         why = self._send(self.backend, w.identity,
                          encode(Cmd.DISPATCH, {"tasks": [e.task for e in batch]}))
         if why is not None:
@@ -408,6 +412,7 @@ class Broker:
             e.worker = wid
             e.sent_at = now
             inflight[e.id] = None
+            e.fresh = False
         w.credit -= len(batch)
         w.beat_at = now + self.config.heartbeat_interval_ms / 1000
         self.counters["dispatched"] += len(batch)
@@ -457,13 +462,13 @@ class Broker:
         else:
             self._queues.delay(entry, self._now + delay / 1000)
 
-    def _dead_letter(self, entry: Entry, reason: str) -> None:
+    def _dead_letter(self, entry: Entry, reason: str, rule: str = "max_attempts") -> None:
         why = f"dead letter after {entry.failures} attempts: {reason}"
         decision = {"task": entry.id, "status": "failed", "process": entry.process,
                     "attempt": entry.attempt, "version": 0, "reason": why,
-                    "rule": "max_attempts", "level": None, "retry_after_ms": 0,
+                    "rule": rule, "level": None, "retry_after_ms": 0,
                     "error": None, "blocked": False}
-        dead = letter(entry.task, entry.failures, why)
+        dead = letter(entry.task, entry.failures, why, rule)
         self._dlq.add(dead)
         if self._journal is not None:
             self._journal.dead_lettered(dead["task"], dead)
@@ -495,7 +500,7 @@ class Broker:
         busy: list[str] = []
         invalid: dict[str, list[str]] = {}
         room = self.config.max_queue - len(self._entries)
-        tasks, fresh = msg.header["tasks"], []
+        tasks, fresh, born = msg.header["tasks"], [], _wall_ms()
         for task in tasks:
             problem = task_problem(task)
             if problem is not None:
@@ -507,10 +512,10 @@ class Broker:
             else:
                 room -= 1
                 fresh.append(task)
-                self._enqueue(task, producer, journal=False)
+                self._enqueue(task, producer, journal=False, born=born)
                 accepted.append(task["id"])
         if fresh and self._journal is not None:
-            _journal_submitted(self._journal, self._raw, fresh, len(fresh) == len(tasks))
+            _journal_submitted(self._journal, self._raw, fresh, len(fresh) == len(tasks), born)
         self._answer_submit(producer, accepted, busy, invalid)
 
     def _answer_submit(self, producer: bytes, accepted: list[str], busy: list[str],
@@ -547,12 +552,20 @@ class Broker:
         return True
 
     def _enqueue(self, task: dict[str, Any], producer: bytes, *, journal: bool = True,
-                 attempt: int = 1) -> None:
+                 attempt: int = 1, born: int | None = None) -> None:
+        """Queue a task. `born` (wall-clock ms) stamps a task that was never dispatched (a
+        new submit, a requeue the operator asked to run afresh): its first dispatch stamps it
+        again. Without it the task keeps the `born_ms` it has (restored from the journal,
+        requeued as it was), or gets now if it has none."""
+        if born is not None:
+            task["born_ms"] = born
+        elif type(task.get("born_ms")) is not int:
+            task["born_ms"] = _wall_ms()
         if journal and self._journal is not None:
             self._journal.submitted(task)  # packed now, before attempt and after are set
         task["attempt"] = attempt
         task["after"] = 0
-        entry = Entry(task, producer)
+        entry = Entry(task, producer, fresh=born is not None)
         self._entries[entry.id] = entry
         self._queues.push(entry)
         self._dirty = True
@@ -684,6 +697,10 @@ class Broker:
         self.counters[_DECIDED[status]] += 1
         if status == "conflict":
             self._conflict(entry, d)
+        elif status == "expired":
+            # The sink can no longer tell whether an earlier attempt committed: it did not
+            # commit this one, and an operator decides (`pipeline dlq requeue` runs it again).
+            self._dead_letter(entry, f"expired: {d.get('reason', '')}", "dedup_horizon")
         else:
             self._park(entry, d)
         return None
@@ -694,7 +711,7 @@ class Broker:
         # times in a row, so conflicts have their own, much larger budget.
         entry.conflicts += 1
         if entry.conflicts >= self.config.max_conflicts:
-            self._dead_letter(entry, f"conflict: {d.get('reason', '')}")
+            self._dead_letter(entry, f"conflict: {d.get('reason', '')}", "max_conflicts")
             return
         entry.next_attempt()
         version = d.get("version", 0)
@@ -775,10 +792,16 @@ class Broker:
             self.counters["dlq.requeue-skipped"] += 1
             self._dlq.add(dead)
             return
+        # A task the sink refused as expired runs afresh: requeueing it is the operator's
+        # word that it did not commit (see docs/RELIABILITY.md). Others keep their stamp.
+        born = _wall_ms() if dead.get("rule") == "dedup_horizon" else None
         if self._journal is not None:
-            self._journal.requeued(tid)
+            self._journal.requeued(tid, born)
         self._recent.pop(tid, None)
-        self._enqueue(dict(dead["task"]), b"", journal=False, attempt=dead["attempt"] + 1)
+        task = dict(dead["task"])
+        if born is None and type(dead.get("born_ms")) is int:
+            task["born_ms"] = dead["born_ms"]
+        self._enqueue(task, b"", journal=False, attempt=dead["attempt"] + 1, born=born)
 
     def _on_dlq_purge(self, identity: bytes, msg: Message) -> None:
         ids = dlq_ids(msg.header, allow_none=False)
@@ -809,12 +832,18 @@ class Broker:
 
 
 # -- pure helpers ---------------------------------------------------------------------------
+def _wall_ms() -> int:
+    """The broker's wall clock in ms: the `born_ms` stamp (the sink's de-duplication
+    horizon compares stamps of this clock only)."""
+    return time.time_ns() // 1_000_000
+
+
 def _journal_submitted(journal: TaskJournal, raw: bytes, fresh: list[dict[str, Any]],
-                       whole: bool) -> None:
-    """One record for a SUBMIT whose every task is new (its header bytes as received);
-    otherwise one record per new task, as the producer sent it."""
+                       whole: bool, born: int) -> None:
+    """One record for a SUBMIT whose every task is new (its header bytes as received,
+    and the stamp its tasks got); otherwise one record per new task, stamp included."""
     if whole and len(raw) <= RAW_RECORD_MAX:
-        journal.submitted_raw(raw, len(fresh))
+        journal.submitted_raw(raw, len(fresh), born)
         return
     for task in fresh:
         journal.submitted(clean_task(task))

@@ -3,10 +3,12 @@ operator requeues or purges them (journaled by the broker, so they survive resta
 
 A dead letter is a map (the `DeadLetter` of docs/PROTOCOL.md):
 
-    {id, process, task, attempt, failures, reason, at}
+    {id, process, task, attempt, failures, reason, rule, born_ms, at}
 
-`task` is the producer's task as submitted (no attempt); `at` is the wall-clock time (unix
-seconds) it was dead-lettered.
+`task` is the producer's task as submitted (no attempt); `rule` names why (`max_attempts`,
+`max_conflicts`, `dedup_horizon`); `born_ms` is the broker's stamp on the task (a requeue
+keeps it, except after `dedup_horizon`); `at` is the wall-clock time (unix seconds) it was
+dead-lettered.
 """
 
 from __future__ import annotations
@@ -16,17 +18,19 @@ from collections import OrderedDict
 from typing import Any
 
 MAX_LIST = 10_000  # the most dead letters one DLQ reply carries
+_BROKER_FIELDS = frozenset({"attempt", "after", "born_ms"})
 
 
 def clean_task(task: dict[str, Any]) -> dict[str, Any]:
-    """The task as the producer submitted it (without the broker's attempt and after)."""
-    return {k: v for k, v in task.items() if k not in ("attempt", "after")}
+    """The task as the producer submitted it (without the broker's attempt, after, born_ms)."""
+    return {k: v for k, v in task.items() if k not in _BROKER_FIELDS}
 
 
-def letter(task: dict[str, Any], failures: int, reason: str) -> dict[str, Any]:
+def letter(task: dict[str, Any], failures: int, reason: str, rule: str = "max_attempts"
+           ) -> dict[str, Any]:
     return {"id": task["id"], "process": task["process"], "task": clean_task(task),
             "attempt": int(task.get("attempt", 1)), "failures": failures, "reason": reason,
-            "at": time.time()}
+            "rule": rule, "born_ms": task.get("born_ms"), "at": time.time()}
 
 
 class DeadLetters:

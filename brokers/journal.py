@@ -6,14 +6,17 @@ One append-only file, `tasks.journal`, in the broker's journal directory. Each r
 
 with `k` naming the kind:
 
-    {k: "s", t: Task}                      submitted (the producer's task, no attempt)
+    {k: "s", t: Task}                      submitted (the producer's task, no attempt, with
+                                           the broker's `born_ms` stamp)
     {k: "d", d: Decision}                  decided: final, the task leaves the broker
     {k: "l", t: Task, x: DeadLetter}       dead-lettered (final for the producer; kept in the DLQ)
-    {k: "r", id: str}                      requeued from the dead-letter queue
+    {k: "r", id: str, born_ms?: int}       requeued from the dead-letter queue (a new
+                                           `born_ms` when the requeue gave it one)
     {k: "p", id: str}                      purged from the dead-letter queue
 
-    {k: "b", h: bin}                       submitted: a whole SUBMIT header `{tasks: [Task]}`
-                                           as received (every task in it was accepted)
+    {k: "b", h: bin, ts: int}              submitted: a whole SUBMIT header `{tasks: [Task]}`
+                                           as received (every task in it was accepted), and
+                                           the `born_ms` the broker gave its tasks
     {k: "e", h: bin}                       decided: a whole DECISION header `{decisions: [...]}`
                                            as received (every decision in it was final)
 
@@ -86,12 +89,19 @@ class Replayed:
             letter = self.dead.pop(rec["id"], None)
             if letter is not None:
                 self.decided.pop(rec["id"], None)
-                self.pending[rec["id"]] = letter["task"]
+                task = letter["task"]
+                born = rec.get("born_ms", letter.get("born_ms"))
+                if born is not None:
+                    task["born_ms"] = born
+                self.pending[rec["id"]] = task
         elif kind == "p":
             self.dead.pop(rec["id"], None)
         elif kind == "b":
             tasks = _unpack(rec["h"])["tasks"]
+            born = rec.get("ts")
             for task in tasks:
+                if born is not None:
+                    task["born_ms"] = born
                 self.apply({"k": "s", "t": task})
             return len(tasks)
         elif kind == "e":
@@ -288,9 +298,10 @@ class TaskJournal:
     def submitted(self, task: dict[str, Any]) -> None:
         self._add({"k": "s", "t": task}, sync=True)
 
-    def submitted_raw(self, header: bytes, count: int) -> None:
-        """A whole SUBMIT header of `count` tasks, as received, every task of it accepted."""
-        self._add({"k": "b", "h": header}, sync=True, items=count)
+    def submitted_raw(self, header: bytes, count: int, born_ms: int) -> None:
+        """A whole SUBMIT header of `count` tasks, as received, every task of it accepted
+        and stamped `born_ms`."""
+        self._add({"k": "b", "h": header, "ts": born_ms}, sync=True, items=count)
 
     def decided(self, decision: dict[str, Any]) -> None:
         self._add({"k": "d", "d": decision}, sync=False)
@@ -302,8 +313,11 @@ class TaskJournal:
     def dead_lettered(self, task: dict[str, Any], letter: dict[str, Any]) -> None:
         self._add({"k": "l", "t": task, "x": letter}, sync=True)
 
-    def requeued(self, task_id: str) -> None:
-        self._add({"k": "r", "id": task_id}, sync=True)
+    def requeued(self, task_id: str, born_ms: int | None = None) -> None:
+        rec: dict[str, Any] = {"k": "r", "id": task_id}
+        if born_ms is not None:
+            rec["born_ms"] = born_ms
+        self._add(rec, sync=True)
 
     def purged(self, task_id: str) -> None:
         self._add({"k": "p", "id": task_id}, sync=True)

@@ -18,10 +18,10 @@ from typing import Any
 class Entry:
     """One task the broker holds, from SUBMIT to the sink's final decision."""
 
-    __slots__ = ("conflicts", "failures", "id", "process", "producer", "sent_at", "task",
-                 "worker")
+    __slots__ = ("conflicts", "failures", "fresh", "id", "process", "producer", "sent_at",
+                 "task", "worker")
 
-    def __init__(self, task: dict[str, Any], producer: bytes) -> None:
+    def __init__(self, task: dict[str, Any], producer: bytes, fresh: bool = False) -> None:
         self.task = task
         self.id: str = task["id"]
         self.process: str = task["process"]
@@ -30,6 +30,9 @@ class Entry:
         self.sent_at = 0.0
         self.failures = 0  # dispatches that ended with a lost worker or an expired lease
         self.conflicts = 0  # dispatches the sink refused as stale (compare-and-swap)
+        # Never dispatched by anyone: its first dispatch may stamp a new `born_ms` (no
+        # attempt can have run, so no decision the sink might have forgotten exists).
+        self.fresh = fresh
 
     @property
     def attempt(self) -> int:

@@ -9,7 +9,7 @@ from pipeline.errors import DecodeError
 from pipeline.protocol import SUPPORTED_VERSIONS, Cmd, check_task, encode
 
 FINAL = frozenset({"committed", "rejected", "failed", "duplicate"})
-STATUSES = FINAL | {"conflict", "blocked"}
+STATUSES = FINAL | {"conflict", "blocked", "expired"}
 MAX_ID_CHARS = 256
 
 

@@ -130,6 +130,7 @@ class Status(StrEnum):
     DUPLICATE = "duplicate"
     BLOCKED = "blocked"
     FAILED = "failed"
+    EXPIRED = "expired"  # refused by the sink's de-duplication horizon (dead-lettered)
 
 
 class Decision(NamedTuple):

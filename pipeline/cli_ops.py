@@ -144,8 +144,11 @@ def status_lines(snap: dict[str, Any]) -> list[tuple[str, list[str], list[list[A
                      ["delayed retries", b["delayed"]], ["parked", b["parked"]],
                      ["dead letters", b["dead_letters"]], ["workers", len(b["workers"])]]
     if "error" not in s:
+        dedup = s.get("dedup", {})
         overview += [["state version", s["version"]],
-                     ["journal bytes", s.get("journal_bytes", "-")]]
+                     ["journal bytes", s.get("journal_bytes", "-")],
+                     ["dedup entries", dedup.get("entries", "-")],
+                     ["dedup forgotten", dedup.get("forgotten", "-")]]
     overview += [[k, v] for k, v in snap.get("rates", {}).items()]
     tables: list[tuple[str, list[str], list[list[Any]]]] = [
         ("pipeline", ["what", "value"], overview)]

@@ -89,6 +89,11 @@ class SinkConfig:
     namespace: str = "default"
     batch_max: int = 4096
     max_message_bytes: int = 256 * 1024 * 1024
+    # The de-duplication horizon (docs/RELIABILITY.md): how long, in broker time from a
+    # task's first dispatch, and for how many decisions the sink remembers a task id. 0: no
+    # bound of that kind.
+    dedup_window_s: float = 3600.0
+    dedup_max_entries: int = 10_000_000
     # CurveZMQ keys (set from [security] by the CLI; not a file setting itself).
     curve: CurveKeys | None = None
 

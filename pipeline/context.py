@@ -161,6 +161,7 @@ def to_update(ctx: TaskContext, result: Any, heavy: HeavyBackend | None) -> dict
         "error": None,
         "signals": [{"topic": s.topic, "payload": bytes(s.payload)} for s in upd.signals],
         "tasks": [{"process": t.process, "args": dict(t.args)} for t in upd.tasks],
+        "born_ms": ctx._task.get("born_ms"),
     }
     if upd.assert_version is not None:
         update["expect"] = upd.assert_version
@@ -175,7 +176,7 @@ def _data_update(ctx: TaskContext, data: dict[str, Any]) -> dict[str, Any]:
             reads.setdefault(key, ctx.replica.key_version(key))
     return {"task": ctx.task_id, "process": ctx.process, "attempt": ctx.attempt,
             "reads": reads, "base": ctx.version, "data": data, "heavy": {}, "error": None,
-            "signals": [], "tasks": []}
+            "signals": [], "tasks": [], "born_ms": ctx._task.get("born_ms")}
 
 
 def _export_heavy(arrays: Mapping[str, Any], heavy: HeavyBackend | None) -> dict[str, Any]:
@@ -203,4 +204,5 @@ def error_update(task: Mapping[str, Any], exc: BaseException, tb: str) -> dict[s
         "error": {"type": type(exc).__name__, "message": str(exc), "traceback": tb},
         "signals": [],
         "tasks": [],
+        "born_ms": task.get("born_ms"),
     }

@@ -238,6 +238,14 @@ class SinkMetrics:
         ReadAtScrape(r, gauges)
 
     def wrap(self, engine: Any) -> TimedEngine:
+        stats = engine.dedup_stats
+        ReadAtScrape(self.registry, {
+            "pipeline_sink_dedup_entries": ("decisions the de-duplication table remembers",
+                                            lambda: stats()["entries"]),
+            "pipeline_sink_dedup_horizon_ms": ("tasks born at or before this broker time "
+                                               "(ms) are refused as expired",
+                                               lambda: stats()["horizon_ms"]),
+        })
         return TimedEngine(engine, self)
 
     def batch(self, batch: Any, seconds: float) -> None:

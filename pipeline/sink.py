@@ -51,7 +51,9 @@ class Sink:
         self.engine = Engine(config.journal_dir, fsync=config.fsync,  # type: ignore[arg-type]
                              fsync_interval_ms=config.fsync_interval_ms,
                              strict=config.strict, recipes=config.recipes,
-                             heavy_dir=str(namespace_dir(config.namespace)))
+                             heavy_dir=str(namespace_dir(config.namespace)),
+                             dedup_window_ms=round(config.dedup_window_s * 1000),
+                             dedup_max_entries=config.dedup_max_entries)
         for spec in self.specs.values():
             self.engine.register(spec.name, list(spec.inputs), list(spec.outputs))
         self._fault = os.environ.get("PIPELINE_FAULT")
@@ -457,7 +459,7 @@ class Sink:
             "role": "sink", "version": self.engine.version, "blocked": self.engine.blocked(),
             "counters": dict(self.counters), "malformed": dict(self.malformed),
             "time": time.time(), "journal_bytes": _dir_bytes(self.config.journal_dir),
-            "heavy": self.heavy.stats(),
+            "heavy": self.heavy.stats(), "dedup": self.engine.dedup_stats(),
         }
 
 

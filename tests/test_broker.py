@@ -238,7 +238,7 @@ def test_conflicts_past_their_budget_go_to_dead_letters(make_net: Callable[..., 
     net.expect(worker, Cmd.DISPATCH)
     net.decide(sink, decision("t1", "conflict", attempt=2, version=4))
     (dead,) = net.expect(prod, Cmd.RESULT)["decisions"]
-    assert (dead["status"], dead["rule"], dead["attempt"]) == ("failed", "max_attempts", 2)
+    assert (dead["status"], dead["rule"], dead["attempt"]) == ("failed", "max_conflicts", 2)
     assert net.broker.status()["dead_letters"] == 1
 
 

@@ -4,6 +4,7 @@ sockets, stepped with run_once on a fake clock (see tests/test_broker.py for the
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -104,7 +105,7 @@ def test_dispatch_does_not_wait_for_the_fsync_but_accepted_does(
 def test_batch_records_replay_like_single_ones(tmp_path: Path) -> None:
     journal = TaskJournal(tmp_path)
     journal.replay()
-    journal.submitted_raw(msgpack.packb({"tasks": [task("a"), task("b"), task("c")]}), 3)
+    journal.submitted_raw(msgpack.packb({"tasks": [task("a"), task("b"), task("c")]}), 3, 1234)
     journal.submitted(task("d"))
     journal.decided_raw(msgpack.packb({"decisions": [decision("a"), decision("b")]}), 2)
     journal.decided(decision("d"))
@@ -113,6 +114,7 @@ def test_batch_records_replay_like_single_ones(tmp_path: Path) -> None:
     state = again.replay()
     again.close()
     assert list(state.pending) == ["c"] and list(state.decided) == ["a", "b", "d"]
+    assert state.pending["c"]["born_ms"] == 1234  # the stamp the broker gave the batch
     assert again.records == 7  # tasks and decisions, whatever records hold them
 
 
@@ -244,3 +246,46 @@ def test_repeated_losses_back_off_with_jitter(make_net: Callable[..., Net]) -> N
     assert not third.poll(0)
     net.clock.advance(0.052)
     assert [t["attempt"] for t in net.expect(third, Cmd.DISPATCH)["tasks"]] == [3]
+
+
+def test_born_ms_is_stamped_kept_across_attempts_and_renewed_only_when_safe(jnet: Net) -> None:
+    """The sink's de-duplication horizon relies on `born_ms` never growing across a task's
+    attempts; it starts at the first dispatch (no attempt ran before) or, after a restart,
+    falls back to the stamp journaled at intake (earlier, so safe)."""
+    prod, sink = jnet.producer(), jnet.sink()
+    before = time.time_ns() // 1_000_000
+    jnet.submit(prod, task("t1"), task("t2"))
+    worker = jnet.worker(["p"], credit=1)
+    (first,) = jnet.expect(worker, Cmd.DISPATCH)["tasks"]
+    born = first["born_ms"]
+    assert first["id"] == "t1" and before <= born <= time.time_ns() // 1_000_000
+    jnet.decide(sink, decision("t1", "conflict", version=1, retry_after_ms=0))
+    jnet.ready(worker, 1)
+    (again,) = jnet.expect(worker, Cmd.DISPATCH)["tasks"]
+    assert (again["id"], again["attempt"], again["born_ms"]) == ("t1", 2, born)
+    # The sink cannot check it any more: dead-lettered with the rule, nothing committed.
+    jnet.decide(sink, decision("t1", "expired", attempt=2, rule="dedup_horizon",
+                               reason="born at or before the horizon"))
+    (dead,) = jnet.expect(prod, Cmd.RESULT)["decisions"]
+    assert (dead["status"], dead["rule"]) == ("failed", "dedup_horizon")
+    assert "expired: born at or before the horizon" in dead["reason"]
+    assert jnet.counter("decided.expired") == 1
+    jnet.restart()  # t2 was never dispatched: it comes back with its intake stamp
+    assert jnet.config.journal_dir is not None
+    records, _ = read_records(Path(jnet.config.journal_dir) / FILE_NAME)
+    intake = next(r["ts"] for r in records if r["k"] == "b")
+    admin = jnet.dealer(jnet.config.control)
+    (letter,) = _dlq(jnet, admin, Cmd.DLQ_LIST)["items"]
+    assert (letter["rule"], letter["born_ms"], letter["task"]) == ("dedup_horizon", born,
+                                                                    task("t1"))
+    worker = jnet.worker(["p"], credit=1, name="w2")
+    (restored,) = jnet.expect(worker, Cmd.DISPATCH)["tasks"]
+    assert (restored["id"], restored["born_ms"]) == ("t2", intake) and intake <= born
+    # Requeueing an expired task is the operator's word that it did not commit: it runs
+    # afresh, with a new stamp (journaled, so a restart keeps it).
+    time.sleep(0.005)
+    assert _dlq(jnet, admin, Cmd.DLQ_REQUEUE, ids=["t1"])["affected"] == ["t1"]
+    jnet.restart()
+    worker = jnet.worker(["p"], credit=2, name="w3")
+    tasks = {t["id"]: t for t in jnet.expect(worker, Cmd.DISPATCH)["tasks"]}
+    assert tasks["t1"]["born_ms"] > born and tasks["t2"]["born_ms"] == intake

@@ -38,6 +38,9 @@ def register(sub: Any) -> None:
                    help="engine: size of the float64 array scanned (MB)")
     p.add_argument("--sizes", default="1,10,100",
                    help="heavy: array sizes in MB, comma-separated (--tasks: runs per size)")
+    p.add_argument("--dedup-max-entries", type=int, default=None,
+                   help="soak: the sink's de-duplication bound (default 100,000, so that "
+                        "the table fills within the run)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_bench)
 
@@ -59,9 +62,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
         sizes = tuple(int(x) for x in args.sizes.split(","))
         result.update(run_heavy(tasks, sizes))
     elif args.mode == "soak":
-        from pipeline.bench.soak import run_soak
+        from pipeline.bench.soak import SOAK_DEDUP_MAX_ENTRIES, run_soak
 
-        result.update(run_soak(tasks, workers))
+        bound = args.dedup_max_entries
+        result.update(run_soak(tasks, workers, dedup_max_entries=SOAK_DEDUP_MAX_ENTRIES
+                               if bound is None else bound))
     else:
         result.update(modes.run(args.mode, tasks, workers,
                                 scan_bytes=args.scan_mb * 1_000_000))

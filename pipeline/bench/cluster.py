@@ -32,10 +32,11 @@ class BenchError(RuntimeError):
 
 
 @contextmanager
-def running(workers: int, *, credit: int = 256) -> Iterator[Cluster]:
+def running(workers: int, *, credit: int = 256, env: dict[str, str] | None = None
+            ) -> Iterator[Cluster]:
     run_dir = tempfile.mkdtemp(prefix="plb-")
     cluster = Cluster(app=APP, workers=workers, run_dir=run_dir, fsync="interval",
-                      credit=credit)
+                      credit=credit, env=dict(env or {}))
     try:
         cluster.start()
         yield cluster

@@ -8,6 +8,12 @@ decisions) fill up in the first half; so memory is *flat* when neither process g
 the second half (half way to the end) by more than `FLAT_SLACK_MB` or
 `FLAT_SLACK_FRACTION` of its size at half way, whichever is larger.
 Every decision is counted by status: a soak whose tasks did not all commit raises.
+
+The sink remembers decided task ids for exactly-once, in a table bounded by the
+de-duplication horizon (`[sink] dedup_max_entries`, `dedup_window_s`). Its default bound
+(10 million) is larger than a soak; the soak sets `dedup_max_entries` (default
+`SOAK_DEDUP_MAX_ENTRIES`) so that the table reaches its bound within the first half, and
+reports the table's figures at the end: memory is flat once the bound is reached.
 """
 
 from __future__ import annotations
@@ -16,14 +22,19 @@ import time
 from collections import Counter, deque
 from typing import Any
 
+import zmq
+
 from pipeline.api import Status
 from pipeline.bench.cluster import CHUNK, WINDOW_CHUNKS, BenchError, rss_mb, running
+from pipeline.cli_ops import request
 from pipeline.producer import Producer, TaskHandle
+from pipeline.protocol import Cmd
 
 MARKS = {"warm": 0.05, "mid": 0.5}
 FLAT_SLACK_MB = 16.0
 FLAT_SLACK_FRACTION = 0.10
 ROLES = ("broker", "sink")
+SOAK_DEDUP_MAX_ENTRIES = 100_000
 
 
 class Samples:
@@ -52,8 +63,10 @@ class Samples:
             self.take(done)
 
 
-def run_soak(tasks: int, workers: int, *, period_s: float = 1.0) -> dict[str, Any]:
-    with running(workers) as cluster:
+def run_soak(tasks: int, workers: int, *, period_s: float = 1.0,
+             dedup_max_entries: int = SOAK_DEDUP_MAX_ENTRIES) -> dict[str, Any]:
+    env = {"PIPELINE_SINK_DEDUP_MAX_ENTRIES": str(dedup_max_entries)}
+    with running(workers, env=env) as cluster:
         if cluster.broker_child is None or cluster.sink_child is None:
             raise BenchError("the cluster has no broker or no sink")
         pids = {"broker": cluster.broker_child.pid, "sink": cluster.sink_child.pid}
@@ -64,9 +77,14 @@ def run_soak(tasks: int, workers: int, *, period_s: float = 1.0) -> dict[str, An
             statuses = _drive(producer, tasks, samples)
             elapsed = time.perf_counter() - t0
         samples.take(tasks)
+        with zmq.Context() as ctx:
+            dedup = request(ctx, cluster.endpoints.sync, Cmd.STATUS_REQ, {}, 10.0)["dedup"]
     if statuses != Counter({Status.COMMITTED: tasks}):
         raise BenchError(f"not every task committed: {dict(statuses)}")
-    return _report(tasks, workers, elapsed, samples)
+    out = _report(tasks, workers, elapsed, samples)
+    out.update({"dedup_max_entries": dedup_max_entries, "dedup_entries": dedup["entries"],
+                "dedup_forgotten": dedup["forgotten"]})
+    return out
 
 
 def _drive(producer: Producer, tasks: int, samples: Samples) -> Counter[Status]:
