@@ -24,7 +24,7 @@ import math
 import random
 import threading
 import time
-from collections import Counter, OrderedDict, deque
+from collections import Counter, deque
 from collections.abc import Callable
 from typing import Any
 
@@ -33,7 +33,7 @@ import zmq
 from brokers.config import BrokerConfig
 from brokers.dlq import MAX_LIST, DeadLetters, clean_task, letter
 from brokers.journal import MAX_RECORD_BYTES, Replayed, TaskJournal
-from brokers.state import Entry, TaskQueues, Worker
+from brokers.state import Entry, RecentDecisions, TaskQueues, Worker
 from brokers.validate import (
     FINAL,
     STATUSES,
@@ -82,7 +82,7 @@ class Broker:
         for sock in (self.frontend, self.backend, self.control):
             self._poller.register(sock, zmq.POLLIN)
         self._entries: dict[str, Entry] = {}
-        self._recent: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        self._recent = RecentDecisions(config.recent_decided)
         self._queues = TaskQueues()
         self._workers: dict[bytes, Worker] = {}
         self._results: dict[bytes, list[dict[str, Any]]] = {}
@@ -96,7 +96,6 @@ class Broker:
             deque()
         self._raw = b""  # frame 1 (the header bytes) of the message being handled
         self._rng = random.Random()
-        self._recent_max = config.recent_decided
         self.counters: Counter[str] = Counter()
         self._sink: bytes | None = None
         self._dirty = False
@@ -136,8 +135,8 @@ class Broker:
             self._enqueue(task, b"", journal=False)
         for dead in state.dead.values():
             self._dlq.add(dead)
-        for tid, decision in list(state.decided.items())[-self._recent_max:]:
-            self._recent[tid] = decision
+        for tid, decision in list(state.decided.items())[-self._recent.limit:]:
+            self._recent.add(tid, decision)
         self.counters["journal.restored"] = len(state.pending)
         if state.records:
             log.info("broker: journal replayed (%d records): %d tasks queued again, "
@@ -421,10 +420,7 @@ class Broker:
     # -- tasks leaving the broker ---------------------------------------------------------
     def _finish(self, entry: Entry, decision: dict[str, Any]) -> None:
         del self._entries[entry.id]
-        recent = self._recent
-        recent[entry.id] = decision
-        if len(recent) > self._recent_max:
-            recent.popitem(last=False)
+        self._recent.add(entry.id, decision)
         if not entry.producer:  # restored from the journal: kept in recent for resubmits
             self.counters[_DECIDED[decision["status"]]] += 1
             return
@@ -797,7 +793,7 @@ class Broker:
         born = _wall_ms() if dead.get("rule") == "dedup_horizon" else None
         if self._journal is not None:
             self._journal.requeued(tid, born)
-        self._recent.pop(tid, None)
+        self._recent.pop(tid)
         task = dict(dead["task"])
         if born is None and type(dead.get("born_ms")) is int:
             task["born_ms"] = dead["born_ms"]

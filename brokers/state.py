@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Iterable
 from typing import Any
 
@@ -172,3 +172,45 @@ class TaskQueues:
             q = self.queues[process] = deque()
             self._ring.append(process)
         return q
+
+
+class RecentDecisions:
+    """The last `limit` final decisions by task id, so that a resubmit of a decided task is
+    answered with its decision. Most are plain commits: those are kept as a tuple (process,
+    attempt, version), about a third of the memory of the decision map (the table holds
+    100,000 of them by default); any other decision is kept whole."""
+
+    __slots__ = ("_items", "_names", "limit")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._items: OrderedDict[str, tuple[str, int, int] | dict[str, Any]] = OrderedDict()
+        self._names: dict[str, str] = {}  # one copy of each process name
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def add(self, task_id: str, d: dict[str, Any]) -> None:
+        items = self._items
+        if (d["status"] == "committed" and not d.get("reason") and d.get("rule") is None
+                and d.get("level") is None and not d.get("blocked")
+                and not d.get("retry_after_ms") and d.get("error") is None):
+            process = d["process"]
+            items[task_id] = (self._names.setdefault(process, process), d["attempt"],
+                              d["version"])
+        else:
+            items[task_id] = d
+        if len(items) > self.limit:
+            items.popitem(last=False)
+
+    def get(self, task_id: str) -> dict[str, Any] | None:
+        d = self._items.get(task_id)
+        if type(d) is not tuple:
+            return d
+        process, attempt, version = d
+        return {"task": task_id, "status": "committed", "process": process, "attempt": attempt,
+                "version": version, "reason": "", "rule": None, "level": None,
+                "retry_after_ms": 0, "error": None, "blocked": False}
+
+    def pop(self, task_id: str) -> None:
+        self._items.pop(task_id, None)

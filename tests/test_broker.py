@@ -535,3 +535,17 @@ def test_random_messages_never_break_the_broker(net: Net) -> None:
     assert "internal-error" not in net.broker.counters, net.broker.counters
     assert net.counter("malformed") > 0
     _still_works(net)
+
+
+def test_recent_decisions_keep_commits_compact_and_give_back_the_same_decision() -> None:
+    from brokers.state import RecentDecisions
+
+    recent = RecentDecisions(limit=2)
+    plain, odd = decision("a", version=4, attempt=2), decision("b", "rejected", reason="no")
+    recent.add("a", plain)
+    recent.add("b", odd)
+    assert recent.get("a") == plain and recent.get("b") is odd and recent.get("c") is None
+    recent.add("c", decision("c"))
+    assert len(recent) == 2 and recent.get("a") is None  # the oldest went
+    recent.pop("b")
+    assert recent.get("b") is None and len(recent) == 1
