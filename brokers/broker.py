@@ -31,7 +31,7 @@ from typing import Any
 import zmq
 
 from brokers.config import BrokerConfig
-from brokers.dlq import MAX_LIST, DeadLetters, clean_task, letter
+from brokers.dlq import MAX_LIST, DeadLetters, letter, stored_task
 from brokers.journal import MAX_RECORD_BYTES, Replayed, TaskJournal
 from brokers.state import Entry, RecentDecisions, TaskQueues, Worker
 from brokers.validate import (
@@ -131,8 +131,10 @@ class Broker:
 
     def _restore(self, state: Replayed) -> None:
         """Queue the journal's undecided tasks again; restore dead letters and decisions."""
-        for task in state.pending.values():
-            self._enqueue(task, b"", journal=False)
+        for tid, task in state.pending.items():
+            failures, attempt = state.failures.get(tid, (0, 1))
+            self._enqueue(task, b"", journal=False, attempt=attempt)
+            self._entries[tid].failures = failures  # lost attempts count across restarts
         for dead in state.dead.values():
             self._dlq.add(dead)
         for tid, decision in list(state.decided.items())[-self._recent.limit:]:
@@ -351,7 +353,7 @@ class Broker:
         j = self._journal
         if j is None or not j.should_compact(len(self._entries) + len(self._dlq)):
             return
-        j.compact([clean_task(e.task) for e in self._entries.values()],
+        j.compact([(stored_task(e.task), e.failures, e.attempt) for e in self._entries.values()],
                   [(d["task"], d) for d in self._dlq.items.values()])
 
     def _touch(self, identity: bytes) -> None:
@@ -442,6 +444,8 @@ class Broker:
                 self._dead_letter(e, f"{why} on attempt {e.attempt}")
                 continue
             e.next_attempt()
+            if self._journal is not None:
+                self._journal.failed(e.id, e.failures, e.attempt)
             if e.failures == 1:
                 again.append(e)
             else:
@@ -842,7 +846,7 @@ def _journal_submitted(journal: TaskJournal, raw: bytes, fresh: list[dict[str, A
         journal.submitted_raw(raw, len(fresh), born)
         return
     for task in fresh:
-        journal.submitted(clean_task(task))
+        journal.submitted(stored_task(task))
 
 
 def serve(config: BrokerConfig, ready: Callable[[], None] | None = None,

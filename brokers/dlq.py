@@ -26,6 +26,11 @@ def clean_task(task: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in task.items() if k not in _BROKER_FIELDS}
 
 
+def stored_task(task: dict[str, Any]) -> dict[str, Any]:
+    """The task as the broker's journal keeps it: as submitted, with its `born_ms`."""
+    return {k: v for k, v in task.items() if k != "attempt" and k != "after"}
+
+
 def letter(task: dict[str, Any], failures: int, reason: str, rule: str = "max_attempts"
            ) -> dict[str, Any]:
     return {"id": task["id"], "process": task["process"], "task": clean_task(task),

@@ -6,8 +6,12 @@ One append-only file, `tasks.journal`, in the broker's journal directory. Each r
 
 with `k` naming the kind:
 
-    {k: "s", t: Task}                      submitted (the producer's task, no attempt, with
-                                           the broker's `born_ms` stamp)
+    {k: "s", t: Task, n?: int, a?: int}   submitted (the producer's task, no attempt, with
+                                           the broker's `born_ms` stamp); a compacted one
+                                           also has its failures `n` and next attempt `a`
+    {k: "f", id: str, n: int, a: int}      failed: an attempt was lost (worker, lease): `n`
+                                           failures so far (a restart keeps counting), `a`
+                                           the attempt that runs next
     {k: "d", d: Decision}                  decided: final, the task leaves the broker
     {k: "l", t: Task, x: DeadLetter}       dead-lettered (final for the producer; kept in the DLQ)
     {k: "r", id: str, born_ms?: int}       requeued from the dead-letter queue (a new
@@ -67,6 +71,8 @@ class Replayed:
     pending: OrderedDict[str, dict[str, Any]] = field(default_factory=OrderedDict)
     dead: OrderedDict[str, dict[str, Any]] = field(default_factory=OrderedDict)
     decided: OrderedDict[str, dict[str, Any]] = field(default_factory=OrderedDict)
+    # (failures, next attempt) of pending tasks that lost an attempt
+    failures: dict[str, tuple[int, int]] = field(default_factory=dict)
     records: int = 0
     truncated_bytes: int = 0
 
@@ -77,13 +83,20 @@ class Replayed:
             tid = rec["t"]["id"]
             if tid not in self.dead and tid not in self.decided:
                 self.pending[tid] = rec["t"]
+                if rec.get("n"):
+                    self.failures[tid] = (rec["n"], rec.get("a", 1))
+        elif kind == "f":
+            if rec["id"] in self.pending:
+                self.failures[rec["id"]] = (rec["n"], rec["a"])
         elif kind == "d":
             tid = rec["d"]["task"]
             self.pending.pop(tid, None)
+            self.failures.pop(tid, None)
             self.decided[tid] = rec["d"]
         elif kind == "l":
             tid = rec["t"]["id"]
             self.pending.pop(tid, None)
+            self.failures.pop(tid, None)
             self.dead[tid] = rec["x"]
         elif kind == "r":
             letter = self.dead.pop(rec["id"], None)
@@ -310,6 +323,10 @@ class TaskJournal:
         """A whole DECISION header of `count` decisions, as received, each final and applied."""
         self._add({"k": "e", "h": header}, sync=False, items=count)
 
+    def failed(self, task_id: str, failures: int, attempt: int) -> None:
+        """An attempt was lost; not fsynced (a crash forgets at most the latest counts)."""
+        self._add({"k": "f", "id": task_id, "n": failures, "a": attempt}, sync=False)
+
     def dead_lettered(self, task: dict[str, Any], letter: dict[str, Any]) -> None:
         self._add({"k": "l", "t": task, "x": letter}, sync=True)
 
@@ -356,9 +373,10 @@ class TaskJournal:
     def should_compact(self, live: int) -> bool:
         return self.records > max(self.compact_min_records, self.compact_ratio * live)
 
-    def compact(self, pending: list[dict[str, Any]], dead: list[tuple[dict[str, Any],
-                dict[str, Any]]]) -> None:
-        """Rewrite the file with only the live records (pending tasks, dead letters)."""
+    def compact(self, pending: list[tuple[dict[str, Any], int, int]],
+                dead: list[tuple[dict[str, Any], dict[str, Any]]]) -> None:
+        """Rewrite the file with only the live records: pending tasks (task, failures,
+        attempt) and dead letters."""
         self.commit()
         if self._syncer is None:
             self._compact(pending, dead)
@@ -367,11 +385,12 @@ class TaskJournal:
             self._compact(pending, dead)
             self._syncer.durable = self.wanted  # the new file holds it all, fsynced
 
-    def _compact(self, pending: list[dict[str, Any]], dead: list[tuple[dict[str, Any],
-                 dict[str, Any]]]) -> None:
+    def _compact(self, pending: list[tuple[dict[str, Any], int, int]],
+                 dead: list[tuple[dict[str, Any], dict[str, Any]]]) -> None:
         tmp = self.path.with_suffix(".compact")
         with tmp.open("wb") as f:
-            f.write(b"".join(_frame({"k": "s", "t": t}) for t in pending))
+            f.write(b"".join(_frame({"k": "s", "t": t, "n": n, "a": a} if n else
+                                    {"k": "s", "t": t}) for t, n, a in pending))
             f.write(b"".join(_frame({"k": "l", "t": t, "x": x}) for t, x in dead))
             f.flush()
             os.fsync(f.fileno())
