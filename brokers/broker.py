@@ -134,7 +134,9 @@ class Broker:
         for tid, task in state.pending.items():
             failures, attempt = state.failures.get(tid, (0, 1))
             self._enqueue(task, b"", journal=False, attempt=attempt)
-            self._entries[tid].failures = failures  # lost attempts count across restarts
+            entry = self._entries[tid]
+            entry.failures = failures  # lost attempts count across restarts
+            entry.fresh = tid not in state.started  # never ran: stamped at its dispatch
         for dead in state.dead.values():
             self._dlq.add(dead)
         for tid, decision in list(state.decided.items())[-self._recent.limit:]:
@@ -353,7 +355,8 @@ class Broker:
         j = self._journal
         if j is None or not j.should_compact(len(self._entries) + len(self._dlq)):
             return
-        j.compact([(stored_task(e.task), e.failures, e.attempt) for e in self._entries.values()],
+        j.compact([(stored_task(e.task), e.failures, e.attempt, not e.fresh)
+                   for e in self._entries.values()],
                   [(d["task"], d) for d in self._dlq.items.values()])
 
     def _touch(self, identity: bytes) -> None:
@@ -395,10 +398,16 @@ class Broker:
         batch = self._queues.take(w.processes, min(w.credit, self.config.max_dispatch_batch))
         if not batch:
             return False
-        born = 0
+        born, fresh = 0, []
         for e in batch:
             if e.fresh:  # no attempt ran yet: the de-duplication window starts now
                 e.task["born_ms"] = born = born or _wall_ms()
+                fresh.append(e.id)
+        if fresh and self._journal is not None:
+            # In the file before the task can run: after a crash, a task without this
+            # record never ran, and only such a task may be stamped afresh.
+            self._journal.dispatched(fresh, born)
+            self._journal.commit()
         why = self._send(self.backend, w.identity,
                          encode(Cmd.DISPATCH, {"tasks": [e.task for e in batch]}))
         if why is not None:

@@ -6,9 +6,15 @@ One append-only file, `tasks.journal`, in the broker's journal directory. Each r
 
 with `k` naming the kind:
 
-    {k: "s", t: Task, n?: int, a?: int}   submitted (the producer's task, no attempt, with
+    {k: "s", t: Task, n?: int, a?: int, x?: 1}
+                                           submitted (the producer's task, no attempt, with
                                            the broker's `born_ms` stamp); a compacted one
-                                           also has its failures `n` and next attempt `a`
+                                           also has its failures `n`, next attempt `a`, and
+                                           `x` when it was dispatched before
+    {k: "x", ids: [str], ts: int}          first dispatch of these tasks, stamped `born_ms`
+                                           = ts; written before the DISPATCH is sent, so a
+                                           task without one never ran and may be stamped
+                                           afresh after a restart
     {k: "f", id: str, n: int, a: int}      failed: an attempt was lost (worker, lease): `n`
                                            failures so far (a restart keeps counting), `a`
                                            the attempt that runs next
@@ -73,6 +79,8 @@ class Replayed:
     decided: OrderedDict[str, dict[str, Any]] = field(default_factory=OrderedDict)
     # (failures, next attempt) of pending tasks that lost an attempt
     failures: dict[str, tuple[int, int]] = field(default_factory=dict)
+    # pending tasks dispatched at least once (the others never ran)
+    started: set[str] = field(default_factory=set)
     records: int = 0
     truncated_bytes: int = 0
 
@@ -85,18 +93,24 @@ class Replayed:
                 self.pending[tid] = rec["t"]
                 if rec.get("n"):
                     self.failures[tid] = (rec["n"], rec.get("a", 1))
+                if rec.get("x"):
+                    self.started.add(tid)
+        elif kind == "x":
+            for tid in rec["ids"]:
+                task = self.pending.get(tid)
+                if task is not None:
+                    task["born_ms"] = rec["ts"]
+                    self.started.add(tid)
         elif kind == "f":
             if rec["id"] in self.pending:
                 self.failures[rec["id"]] = (rec["n"], rec["a"])
         elif kind == "d":
             tid = rec["d"]["task"]
-            self.pending.pop(tid, None)
-            self.failures.pop(tid, None)
+            self._gone(tid)
             self.decided[tid] = rec["d"]
         elif kind == "l":
             tid = rec["t"]["id"]
-            self.pending.pop(tid, None)
-            self.failures.pop(tid, None)
+            self._gone(tid)
             self.dead[tid] = rec["x"]
         elif kind == "r":
             letter = self.dead.pop(rec["id"], None)
@@ -107,6 +121,8 @@ class Replayed:
                 if born is not None:
                     task["born_ms"] = born
                 self.pending[rec["id"]] = task
+                if "born_ms" not in rec:  # requeued as it was: it ran before
+                    self.started.add(rec["id"])
         elif kind == "p":
             self.dead.pop(rec["id"], None)
         elif kind == "b":
@@ -124,6 +140,21 @@ class Replayed:
                     self.apply({"k": "d", "d": d})
             return len(decisions)
         return 1
+
+    def _gone(self, tid: str) -> None:
+        self.pending.pop(tid, None)
+        self.failures.pop(tid, None)
+        self.started.discard(tid)
+
+
+def _pending_record(task: dict[str, Any], failures: int, attempt: int, started: bool
+                    ) -> dict[str, Any]:
+    rec: dict[str, Any] = {"k": "s", "t": task}
+    if failures:
+        rec.update(n=failures, a=attempt)
+    if started:
+        rec["x"] = 1
+    return rec
 
 
 def _unpack(data: bytes) -> dict[str, Any]:
@@ -323,6 +354,10 @@ class TaskJournal:
         """A whole DECISION header of `count` decisions, as received, each final and applied."""
         self._add({"k": "e", "h": header}, sync=False, items=count)
 
+    def dispatched(self, ids: list[str], born_ms: int) -> None:
+        """First dispatch of these tasks, stamped `born_ms` (call `commit` before sending)."""
+        self._add({"k": "x", "ids": ids, "ts": born_ms}, sync=False, items=0)
+
     def failed(self, task_id: str, failures: int, attempt: int) -> None:
         """An attempt was lost; not fsynced (a crash forgets at most the latest counts)."""
         self._add({"k": "f", "id": task_id, "n": failures, "a": attempt}, sync=False)
@@ -373,10 +408,10 @@ class TaskJournal:
     def should_compact(self, live: int) -> bool:
         return self.records > max(self.compact_min_records, self.compact_ratio * live)
 
-    def compact(self, pending: list[tuple[dict[str, Any], int, int]],
+    def compact(self, pending: list[tuple[dict[str, Any], int, int, bool]],
                 dead: list[tuple[dict[str, Any], dict[str, Any]]]) -> None:
         """Rewrite the file with only the live records: pending tasks (task, failures,
-        attempt) and dead letters."""
+        attempt, dispatched before) and dead letters."""
         self.commit()
         if self._syncer is None:
             self._compact(pending, dead)
@@ -385,12 +420,11 @@ class TaskJournal:
             self._compact(pending, dead)
             self._syncer.durable = self.wanted  # the new file holds it all, fsynced
 
-    def _compact(self, pending: list[tuple[dict[str, Any], int, int]],
+    def _compact(self, pending: list[tuple[dict[str, Any], int, int, bool]],
                  dead: list[tuple[dict[str, Any], dict[str, Any]]]) -> None:
         tmp = self.path.with_suffix(".compact")
         with tmp.open("wb") as f:
-            f.write(b"".join(_frame({"k": "s", "t": t, "n": n, "a": a} if n else
-                                    {"k": "s", "t": t}) for t, n, a in pending))
+            f.write(b"".join(_frame(_pending_record(*p)) for p in pending))
             f.write(b"".join(_frame({"k": "l", "t": t, "x": x}) for t, x in dead))
             f.flush()
             os.fsync(f.fileno())
