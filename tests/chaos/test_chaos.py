@@ -3,10 +3,14 @@
 CHAOS_TASKS tasks (default 20,000) of `tests.chaos.app` (32 counters, task i adds 1 and i to
 counter i % 32). During the run a random worker is SIGKILLed every second and replaced; the
 sink is SIGKILLed once (at a third of the decisions) and the broker once (at two thirds),
-each restarted on the same journal. Checked at the end: every task has a decision; each is
-committed exactly once (the counters equal the reference built from the committed tasks,
-and the sink's global version equals the number of committed tasks) or is a dead letter with
-its reason in the broker's DLQ; no process or shared-memory segment is left (conftest).
+each restarted on the same journal. The sink's de-duplication table is bounded far below
+the run (DEDUP_MAX_ENTRIES), so it forgets most decisions while redeliveries go on.
+Checked at the end: every task has a decision; the sink's journal commits each task at most
+once; each task is committed (the counters equal the reference built from the journal's
+commits, and the sink's global version equals their number) or is a dead letter with its
+reason in the broker's DLQ (one refused by the de-duplication horizon may also have
+committed, once: that is what the rule says); no process or shared-memory segment is left
+(conftest).
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import pytest
 import zmq
 
 from pipeline import Producer, Subscriber
+from pipeline.cli_audit import read_decisions
 from pipeline.errors import TaskTimeout
 from pipeline.protocol import Cmd, decode, encode
 from pipeline.runner import Child, Cluster
@@ -34,6 +39,7 @@ TASKS = int(os.environ.get("CHAOS_TASKS", "20000"))
 WORKERS = 4
 RUN_LIMIT_S = 150.0
 SUBMIT_CHUNK = 500
+DEDUP_MAX_ENTRIES = 2_000
 
 
 class Chaos:
@@ -109,6 +115,21 @@ def _admin(cluster: Cluster, cmd: Cmd) -> dict[str, Any]:
     return {d["id"]: d for d in header["items"]} if cmd is Cmd.DLQ_LIST else header
 
 
+def _sink_dedup(cluster: Cluster) -> dict[str, Any]:
+    ctx: zmq.Context[Any] = zmq.Context()
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    try:
+        sock.connect(cluster.endpoints.sync)
+        sock.send_multipart(encode(Cmd.STATUS_REQ, {}))
+        assert sock.poll(10_000), "no STATUS from the sink"
+        dedup: dict[str, Any] = decode(sock.recv_multipart()).header["dedup"]
+    finally:
+        sock.close()
+        ctx.term()
+    return dedup
+
+
 def _final_state(cluster: Cluster) -> tuple[int, dict[str, Any]]:
     with Subscriber(cluster.endpoints.events, cluster.endpoints.sync, from_version=0) as sub:
         snap = sub.next(timeout=20)
@@ -119,7 +140,8 @@ def test_chaos_every_task_once_or_dead_lettered(cluster_factory: Any, tmp_path: 
     rng = random.Random(int(os.environ.get("CHAOS_SEED", "5")))
     cluster = cluster_factory(app="tests.chaos.app", workers=WORKERS, credit=32,
                               heartbeat_interval_ms=250, log_dir=str(tmp_path / "logs"),
-                              broker_args=["--max-attempts", "40"])
+                              broker_args=["--max-attempts", "40"],
+                              env={"PIPELINE_SINK_DEDUP_MAX_ENTRIES": str(DEDUP_MAX_ENTRIES)})
     started = time.monotonic()
     try:
         cluster.start()
@@ -131,16 +153,21 @@ def test_chaos_every_task_once_or_dead_lettered(cluster_factory: Any, tmp_path: 
         elapsed = time.monotonic() - started
         dead, broker = _admin(cluster, Cmd.DLQ_LIST), _admin(cluster, Cmd.STATUS_REQ)
         version, state = _final_state(cluster)
+        dedup = _sink_dedup(cluster)
+        journaled = [r["task"] for r in read_decisions(Path(str(cluster.journal_dir)))
+                     if r["status"] == "committed"]
     finally:
         cluster.stop()
     print(f"broker at the end: tasks {broker['tasks']}, queues {broker['queues']}, in flight "
           f"{broker['in_flight']}, delayed {broker['delayed']}, parked {broker['parked']}, "
           f"workers {[(w['name'], w['credit'], w['in_flight']) for w in broker['workers']]}, "
           f"counters {broker['counters']}")
-    _check(by_id, decisions, dead, version, state)
+    _check(by_id, decisions, dead, version, state, journaled)
+    assert dedup["entries"] <= DEDUP_MAX_ENTRIES and dedup["forgotten"] > 0, dedup
     statuses = Counter(d.status.value for d in decisions.values())
     print(f"chaos: {TASKS} tasks in {elapsed:.1f}s; kills {dict(chaos.kills)}; "
-          f"decisions {dict(statuses)}; dead letters {len(dead)}; version {version}")
+          f"decisions {dict(statuses)}; dead letters {len(dead)}; version {version}; "
+          f"dedup {dedup}")
     assert chaos.kills["sink"] == 1 and chaos.kills["broker"] == 1
     # one a second, but each replacement takes about a second to start and report ready
     assert chaos.kills["worker"] >= max(1, int(elapsed / 3))
@@ -156,16 +183,25 @@ class _Handle:
 
 
 def _check(by_id: dict[str, int], decisions: dict[str, Any], dead: dict[str, dict[str, Any]],
-           version: int, state: dict[str, Any]) -> None:
+           version: int, state: dict[str, Any], journaled: list[str]) -> None:
     missing = set(by_id) - set(decisions)
     assert not missing, f"{len(missing)} tasks without a decision"
-    committed = [t for t, d in decisions.items() if d.status.value in ("committed", "duplicate")]
+    twice = [t for t, n in Counter(journaled).items() if n > 1]
+    assert not twice, f"committed twice: {twice[:10]}"
+    said = {t for t, d in decisions.items() if d.status.value in ("committed", "duplicate")}
     failed = {t: d for t, d in decisions.items() if d.status.value == "failed"}
     others = Counter(d.status.value for d in decisions.values()) - Counter(
         {"committed": len(decisions), "duplicate": len(decisions), "failed": len(decisions)})
     assert not others, f"unexpected statuses: {others}"
     assert set(failed) == set(dead), "every failed task is a dead letter and vice versa"
-    assert all(d.rule == "max_attempts" and dead[t]["reason"] for t, d in failed.items())
+    assert all(d.rule in ("max_attempts", "dedup_horizon") and dead[t]["reason"]
+               for t, d in failed.items())
+    committed = set(journaled)
+    assert said <= committed, "a task reported committed is not in the journal"
+    # Committed without being reported so: only a task the horizon refused (it may have
+    # committed earlier: that is why it was refused).
+    assert all(failed[t].rule == "dedup_horizon" for t in committed - said)
+    assert set(by_id) == committed | set(dead), "a task neither committed nor a dead letter"
     expected: dict[str, list[int]] = {}
     for t in committed:
         i = by_id[t]
@@ -173,6 +209,6 @@ def _check(by_id: dict[str, int], decisions: dict[str, Any], dead: dict[str, dic
         expected[f"c{i % KEYS}"] = [count + 1, total + i]
     assert {k: list(v) for k, v in state.items()} == expected
     assert version == len(committed), "one global version per committed task"
-    versions = [decisions[t].version for t in committed]
-    assert len(set(versions)) == len(committed), "two tasks share a commit"
+    versions = [decisions[t].version for t in said]
+    assert len(set(versions)) == len(said), "two tasks share a commit"
 
