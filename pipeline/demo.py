@@ -18,7 +18,7 @@ from pipeline.subscriber import Subscriber
 
 
 def make_tasks(n: int, seed: int = 7) -> list[tuple[str, dict[str, Any]]]:
-    """Readings for `record`, a few outliers for `flag_outlier`, a few calibrations."""
+    """Readings for `record_<sensor>`, a few outliers for `flag_outlier`, a few calibrations."""
     rng = random.Random(seed)
     tasks: list[tuple[str, dict[str, Any]]] = []
     for i in range(n):
@@ -31,7 +31,7 @@ def make_tasks(n: int, seed: int = 7) -> list[tuple[str, dict[str, Any]]]:
         elif i % 97 == 0:
             tasks.append(("calibrate", {"sensor": sensor, "offset": None if i % 2 else 0.5}))
         else:
-            tasks.append(("record", {"sensor": sensor, "value": value}))
+            tasks.append((f"record_{sensor}", {"value": value}))
     return tasks
 
 

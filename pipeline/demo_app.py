@@ -1,6 +1,9 @@
 """The demo's processes: sensor readings turned into running statistics.
 
-`record` folds one reading into the running statistics of its sensor. `flag_outlier`
+`record_<sensor>` folds one reading into the running statistics of that sensor: one process
+per sensor, so that each declares only its own key, and readings of different sensors run
+in parallel (a single `record` declaring all three keys would make every worker hold each
+reading until its previous one committed). `flag_outlier`
 counts readings outside a sensor's limits; when a reading is wildly off it also tries to
 write `alerts.last`, a key its contract does not declare, so the audit rejects that update.
 `calibrate` raises on a reading it cannot use, so the producer sees the worker's error.
@@ -13,7 +16,6 @@ from typing import Any
 from pipeline import StateUpdate, process
 
 SENSORS = ("temperature", "humidity", "pressure")
-STATS_KEYS = [f"stats.{s}" for s in SENSORS]
 LIMITS = {"temperature": (-30.0, 50.0), "humidity": (0.0, 100.0), "pressure": (900.0, 1100.0)}
 
 
@@ -26,10 +28,17 @@ def fold(stats: dict[str, Any] | None, value: float) -> dict[str, Any]:
             "min": min(stats["min"], value), "max": max(stats["max"], value)}
 
 
-@process(inputs=STATS_KEYS, outputs=STATS_KEYS)
-def record(ctx, sensor: str, value: float) -> StateUpdate:
+def _recorder(sensor: str) -> Any:
     key = f"stats.{sensor}"
-    return StateUpdate(data={key: fold(ctx.get(key), value)})
+
+    @process(inputs=[key], outputs=[key], name=f"record_{sensor}")
+    def record(ctx, value: float) -> StateUpdate:
+        return StateUpdate(data={key: fold(ctx.get(key), value)})
+
+    return record
+
+
+record_temperature, record_humidity, record_pressure = (_recorder(s) for s in SENSORS)
 
 
 @process(inputs=["alerts.count"], outputs=["alerts.count"])
