@@ -34,6 +34,9 @@ def register(sub: Any) -> None:
     p = cmds.add_parser("tail", help="show the latest decisions")
     p.add_argument("journal", help="the sink's journal directory")
     p.add_argument("-n", "--lines", type=int, default=20)
+    p.add_argument("--task", action="append", default=None, metavar="ID",
+                   help="only the decisions of this task id (repeatable): e.g. to see whether "
+                        "a task dead-lettered by the de-duplication horizon had committed")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_tail)
 
@@ -106,7 +109,11 @@ def cmd_tail(args: argparse.Namespace) -> int:
     if not journal.is_dir():
         print(f"no journal directory at {args.journal}", file=sys.stderr)
         return 2
-    rows = list(deque(read_decisions(journal), maxlen=args.lines))
+    rows_in = read_decisions(journal)
+    if args.task:
+        wanted = set(args.task)
+        rows_in = (r for r in rows_in if r["task"] in wanted)
+    rows = list(deque(rows_in, maxlen=args.lines))
     if args.json:
         for row in rows:
             print(json.dumps(row))

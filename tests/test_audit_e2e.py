@@ -119,3 +119,7 @@ def test_audit_tail_shows_recent_decisions(cluster_factory):
     rows = [json.loads(line) for line in out.stdout.splitlines()]
     assert [r["version"] for r in rows] == [26, 27, 28, 29, 30]
     assert all(r["status"] == "committed" and r["process"] == "increment" for r in rows)
+    one = pipeline_cli("audit", "tail", str(journal), "--task", rows[0]["task"], "--json")
+    assert [json.loads(line) for line in one.stdout.splitlines()] == rows[:1]
+    none = pipeline_cli("audit", "tail", str(journal), "--task", "no-such-task", "--json")
+    assert none.returncode == 0 and none.stdout == ""
