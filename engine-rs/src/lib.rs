@@ -154,16 +154,13 @@ impl Batch {
         list.map(|d| PyBytes::new(py, d)).collect()
     }
     fn __len__(&self) -> usize {
-        self.out.decisions.len()
+        self.out.len()
     }
     fn __getitem__(&self, index: isize) -> PyResult<Decision> {
-        let len = self.out.decisions.len() as isize;
+        let len = self.out.len() as isize;
         let i = if index < 0 { index + len } else { index };
-        match usize::try_from(i)
-            .ok()
-            .and_then(|i| self.out.decisions.get(i))
-        {
-            Some(d) => Ok(Decision(d.clone())),
+        match usize::try_from(i).ok().and_then(|i| self.out.decision(i)) {
+            Some(d) => Ok(Decision(d)),
             None => Err(PyIndexError::new_err("decision index out of range")),
         }
     }

@@ -97,8 +97,13 @@ impl Decision {
     /// Append this decision as a msgpack map with every field of PROTOCOL.md (the keys
     /// are written as pre-encoded constants).
     pub fn encode(&self, buf: &mut Vec<u8>) {
+        self.encode_as(&self.task, buf);
+    }
+
+    /// [`Decision::encode`] with `task` as the task's name.
+    pub fn encode_as(&self, task: &str, buf: &mut Vec<u8>) {
         buf.extend_from_slice(b"\x8b\xa4task");
-        put::str(buf, &self.task);
+        put::str(buf, task);
         buf.extend_from_slice(match self.status {
             Status::Committed => b"\xa6status\xa9committed\xa7process",
             Status::Duplicate => b"\xa6status\xa9duplicate\xa7process",

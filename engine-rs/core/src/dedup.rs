@@ -24,13 +24,13 @@
 //! An entry is 40 bytes with no heap allocation: the key, the version, the attempt, the
 //! process (interned) and an index into a side table holding the rare details (a reason,
 //! rule, level or error; an attempt beyond u32).
-use std::collections::hash_map::Entry;
-use std::collections::{HashMap, VecDeque};
-use std::hash::{BuildHasher, BuildHasherDefault, Hasher, RandomState};
+use std::collections::VecDeque;
+use std::hash::{BuildHasher, RandomState};
 use std::sync::Arc;
 
 use crate::decision::{Decision, Detail, Status};
 use crate::fxhash::FxMap;
+use crate::keytable::{Fin, KeyTable};
 
 /// SipHash-1-3 with a 128-bit output (the reference algorithm, `c = 1`, `d = 3`).
 #[derive(Clone, Copy)]
@@ -110,46 +110,8 @@ impl Sip128 {
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub struct TaskKey([u64; 2]);
 
-impl std::hash::Hash for TaskKey {
-    #[inline]
-    fn hash<H: Hasher>(&self, state: &mut H) {
-        state.write_u64(self.0[0]);
-    }
-}
-
-/// The key is already a keyed hash: use its first word as is.
-#[derive(Default, Clone, Copy)]
-pub struct KeyHasher(u64);
-
-impl Hasher for KeyHasher {
-    #[inline]
-    fn write(&mut self, _: &[u8]) {
-        unreachable!("TaskKey hashes through write_u64 only")
-    }
-
-    #[inline]
-    fn write_u64(&mut self, n: u64) {
-        self.0 = n;
-    }
-
-    #[inline]
-    fn finish(&self) -> u64 {
-        self.0
-    }
-}
-
 /// `Fin::detail` when there is none.
 const NO_DETAIL: u32 = u32::MAX;
-
-/// What the table keeps of one final decision.
-#[derive(Clone, Copy)]
-struct Fin {
-    version: u64,
-    attempt: u32,
-    process: u32,
-    detail: u32,
-    blocked: bool,
-}
 
 /// The details of a final decision that a plain commit does not have.
 struct Extra {
@@ -202,7 +164,7 @@ pub struct DedupStats {
 /// The table. See the module documentation.
 pub struct Dedup {
     sip: Sip128,
-    map: HashMap<TaskKey, Fin, BuildHasherDefault<KeyHasher>>,
+    map: KeyTable,
     processes: Interner,
     extras: Vec<Extra>,
     free_extras: Vec<u32>,
@@ -223,7 +185,7 @@ impl Dedup {
     pub fn new(sip: Sip128) -> Self {
         Dedup {
             sip,
-            map: HashMap::default(),
+            map: KeyTable::default(),
             processes: Interner::default(),
             extras: Vec::new(),
             free_extras: Vec::new(),
@@ -269,6 +231,12 @@ impl Dedup {
         born_ms.filter(|b| horizon > 0 && *b <= horizon).map(|_| horizon)
     }
 
+    /// Start loading the table's memory for `key` (see [`KeyTable::prefetch`]).
+    #[inline]
+    pub fn prefetch(&self, key: TaskKey) {
+        self.map.prefetch(key.0);
+    }
+
     #[inline]
     pub fn key(&self, task: &str) -> TaskKey {
         TaskKey(self.sip.hash(task.as_bytes()))
@@ -279,7 +247,7 @@ impl Dedup {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.map.is_empty()
+        self.map.len() == 0
     }
 
     /// The shared copy of a process name and its number.
@@ -291,7 +259,7 @@ impl Dedup {
     /// original decision's fields, status "duplicate".
     #[inline]
     pub fn duplicate(&self, key: TaskKey, task: &str) -> Option<Decision> {
-        let f = self.map.get(&key)?;
+        let f = self.map.get(key.0)?;
         let process = self.processes.names[f.process as usize].clone();
         let mut d = Decision::new(
             Arc::from(task),
@@ -331,17 +299,10 @@ impl Dedup {
             let grow = if self.stats.forgotten == 0 { 3 } else { 1 };
             self.map.reserve(self.map.len().max(1 << 14) * grow);
         }
-        match self.map.entry(key) {
+        if !self.map.insert(key.0, fin) {
             // Decided already: the first decision stands (callers check `duplicate` first).
-            Entry::Occupied(_) => {
-                if fin.detail != NO_DETAIL {
-                    self.free(fin);
-                }
-                return;
-            }
-            Entry::Vacant(v) => {
-                v.insert(fin);
-            }
+            self.free(fin);
+            return;
         }
         self.order.push_back(key);
         let clock = self.stats.clock_ms;
@@ -373,7 +334,7 @@ impl Dedup {
             } else {
                 self.stamps.pop_front();
             }
-            if let Some(fin) = self.map.remove(&key) {
+            if let Some(fin) = self.map.remove(key.0) {
                 self.free(fin);
             }
             self.stats.horizon_ms = self.stats.horizon_ms.max(stamp);

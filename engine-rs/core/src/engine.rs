@@ -12,11 +12,11 @@ use crate::error::{EngineError, Result};
 use crate::fxhash::{FxMap, FxSet};
 use crate::heavy::{map_segment, Mapped};
 use crate::journal::{Fsync, Journal};
-use crate::msgpack::put;
+use crate::msgpack::{put, Reader};
 use crate::outbox::{encode_event, followups, Outbox};
 use crate::record::{RecordWriter, Replay};
 use crate::store::Store;
-use crate::update::{FrameUpdates, Loc, Scratch, Update};
+use crate::update::{FrameUpdates, Loc, Malformed, Scratch, Update};
 
 /// Engine options.
 #[derive(Clone, Debug)]
@@ -53,9 +53,10 @@ struct Contract {
 /// The outcome of one batch.
 #[derive(Default, Debug)]
 pub struct BatchOut {
-    pub decisions: Vec<Decision>,
-    /// `{"decisions": [...]}`.
+    /// `{"decisions": [...]}`: one Decision map per decided update, in order.
     pub decisions_msg: Vec<u8>,
+    /// Where each decision's map starts in `decisions_msg`.
+    decision_at: Vec<usize>,
     /// `{"events": [...]}`, None when nothing committed.
     pub events_msg: Option<Vec<u8>>,
     pub commits: usize,
@@ -71,6 +72,27 @@ pub struct BatchOut {
 }
 
 impl BatchOut {
+    /// How many decisions the batch holds.
+    pub fn len(&self) -> usize {
+        self.decision_at.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.decision_at.is_empty()
+    }
+
+    /// The `i`-th decision, read back from `decisions_msg`.
+    pub fn decision(&self, i: usize) -> Option<Decision> {
+        let at = *self.decision_at.get(i)?;
+        let d = Decision::decode(&mut Reader::new(self.decisions_msg.get(at..)?));
+        d.ok()
+    }
+
+    /// Every decision, in order (read back from `decisions_msg`).
+    pub fn decisions(&self) -> Vec<Decision> {
+        (0..self.len()).filter_map(|i| self.decision(i)).collect()
+    }
+
     fn block(&mut self, process: &str, reason: String) {
         if !self.newly_blocked.iter().any(|(p, _)| p == process) {
             self.newly_blocked.push((process.to_owned(), reason));
@@ -81,6 +103,13 @@ impl BatchOut {
 /// What the sink's own validation said of each heavy descriptor it saw (the exact msgpack
 /// bytes of the descriptor): None when valid, else the reason.
 pub type Vetted = FxMap<Vec<u8>, Option<String>>;
+
+/// One decoded update (the fixed part and the borrowed lists).
+#[derive(Default)]
+struct Ahead<'a> {
+    u: Update<'a>,
+    s: Scratch<'a>,
+}
 
 /// Per-batch inputs shared by every decision of the batch.
 struct Ctx<'v> {
@@ -106,6 +135,8 @@ pub struct Engine {
     sizes: (usize, usize),
     record: RecordWriter,
     outbox: Outbox,
+    /// The empty task name of the decisions `decide` builds (see there).
+    no_task: Arc<str>,
 }
 
 fn now() -> (u64, u64) {
@@ -147,6 +178,7 @@ impl Engine {
             sizes: (0, 0),
             record: RecordWriter::default(),
             outbox,
+            no_task: Arc::from(""),
         })
     }
 
@@ -301,8 +333,11 @@ impl Engine {
         };
         let mut out = BatchOut::default();
         self.start_output(frames, &mut out);
-        let mut scratch = Scratch::default();
-        let mut u = Update::default();
+        // Each update is decoded one step ahead of its decision, and its slot in the
+        // de-duplication table prefetched, so that the table's cache miss overlaps the
+        // decision before it. Decoding reads only the frame, so the order of effects is
+        // unchanged.
+        let (mut ahead, mut now) = (Ahead::default(), Ahead::default());
         for (fi, frame) in frames.iter().enumerate() {
             let mut updates = match FrameUpdates::open(frame.as_ref()) {
                 Ok(f) => f,
@@ -312,9 +347,12 @@ impl Engine {
                 }
             };
             let mut ui = 0;
-            while let Some(res) = updates.next_update(&mut u, &mut scratch) {
+            let mut next = self.read_ahead(&mut updates, &mut ahead);
+            while let Some(res) = next {
+                std::mem::swap(&mut ahead, &mut now);
+                next = self.read_ahead(&mut updates, &mut ahead);
                 match res {
-                    Ok(()) => self.decide_one(&u, &scratch, &ctx, &mut out),
+                    Ok(key) => self.decide_one(&now.u, &now.s, key, &ctx, &mut out),
                     Err(m) => out.malformed.push(format!("frame {fi} update {ui}: {m}")),
                 }
                 ui += 1;
@@ -334,7 +372,7 @@ impl Engine {
     fn start_output(&mut self, frames: &[impl AsRef<[u8]>], out: &mut BatchOut) {
         let announced = frames.iter().map(|f| FrameUpdates::open(f.as_ref()).map_or(0, |f| f.left()));
         let max: usize = announced.sum();
-        out.decisions.reserve_exact(max);
+        out.decision_at.reserve_exact(max);
         let (decisions, events) = self.sizes;
         // A little more than the last batch needed: batches of similar size never regrow.
         self.decisions = Vec::with_capacity((decisions + decisions / 4).max(64));
@@ -348,7 +386,11 @@ impl Engine {
     fn finish(&mut self, out: &mut BatchOut) {
         let (decisions_at, events_at) = self.lists;
         self.sizes = (self.decisions.len(), self.events.len());
-        put::list_end(&mut self.decisions, "decisions", decisions_at, out.decisions.len());
+        let body = self.decisions.len() - decisions_at;
+        put::list_end(&mut self.decisions, "decisions", decisions_at, out.decision_at.len());
+        // The head may have shrunk: the offsets were taken from where the body began.
+        let moved = decisions_at - (self.decisions.len() - body);
+        out.decision_at.iter_mut().for_each(|at| *at -= moved);
         out.decisions_msg = std::mem::take(&mut self.decisions);
         if out.commits > 0 {
             put::list_end(&mut self.events, "events", events_at, out.commits);
@@ -356,13 +398,27 @@ impl Engine {
         }
     }
 
-    fn decide_one(&mut self, u: &Update<'_>, s: &Scratch<'_>, ctx: &Ctx<'_>, out: &mut BatchOut) {
-        let d = self.decide(u, s, ctx, out);
+    /// Decode the next update of `updates` into `a`, and prefetch its de-duplication slot;
+    /// its task key, or why it is malformed. None at the end of the frame.
+    fn read_ahead<'a>(
+        &self,
+        updates: &mut FrameUpdates<'a>,
+        a: &mut Ahead<'a>,
+    ) -> Option<std::result::Result<TaskKey, Malformed>> {
+        Some(updates.next_update(&mut a.u, &mut a.s)?.map(|()| {
+            let key = self.store.dedup.key(a.u.task);
+            self.store.dedup.prefetch(key);
+            key
+        }))
+    }
+
+    fn decide_one(&mut self, u: &Update<'_>, s: &Scratch<'_>, key: TaskKey, ctx: &Ctx<'_>, out: &mut BatchOut) {
+        let d = self.decide(u, s, key, ctx, out);
         if d.status != Status::Committed {
             self.drop_heavy(s, out);
         }
-        d.encode(&mut self.decisions);
-        out.decisions.push(d);
+        out.decision_at.push(self.decisions.len());
+        d.encode_as(u.task, &mut self.decisions);
     }
 
     /// Hand the descriptors of an update that did not commit back to the sink to free (never
@@ -375,9 +431,8 @@ impl Engine {
         }
     }
 
-    fn decide(&mut self, u: &Update<'_>, s: &Scratch<'_>, ctx: &Ctx<'_>, out: &mut BatchOut) -> Decision {
+    fn decide(&mut self, u: &Update<'_>, s: &Scratch<'_>, key: TaskKey, ctx: &Ctx<'_>, out: &mut BatchOut) -> Decision {
         let dedup = &mut self.store.dedup;
-        let key = dedup.key(u.task);
         if let Some(dup) = dedup.duplicate(key, u.task) {
             return dup;
         }
@@ -387,7 +442,9 @@ impl Engine {
             Some(c) => (c.name.clone(), c.pid),
             None => self.store.dedup.intern(u.process),
         };
-        let mut d = Decision::new(Arc::from(u.task), process, u.attempt, Status::Committed);
+        // The task's name is the update's: the decision is encoded with it (`encode_as`) and
+        // never leaves the engine, so no copy of the name is made.
+        let mut d = Decision::new(self.no_task.clone(), process, u.attempt, Status::Committed);
         if let Some(horizon) = self.store.dedup.expired(u.born_ms) {
             d.status = Status::Expired;
             d.rule = Some("dedup_horizon".into());

@@ -8,6 +8,7 @@ pub mod error;
 pub mod fxhash;
 pub mod heavy;
 pub mod journal;
+mod keytable;
 pub mod msgpack;
 pub mod outbox;
 pub mod record;

@@ -88,7 +88,7 @@ fn open(dir: &Path, strict: bool) -> Engine {
 fn statuses(e: &mut Engine, us: &[U<'_>]) -> Vec<Status> {
     let out = e.apply_batch(&[frame(us)]).unwrap();
     assert!(out.malformed.is_empty(), "{:?}", out.malformed);
-    out.decisions.iter().map(|d| d.status).collect()
+    out.decisions().iter().map(|d| d.status).collect()
 }
 
 #[test]
@@ -98,8 +98,8 @@ fn commit_bumps_versions_and_emits_events() {
     let out = e
         .apply_batch(&[frame(&[upd("t1", &[("a", 0)], &[("a", 5)])])])
         .unwrap();
-    assert_eq!(out.decisions[0].status, Status::Committed);
-    assert_eq!(out.decisions[0].version, 1);
+    assert_eq!(out.decisions()[0].status, Status::Committed);
+    assert_eq!(out.decisions()[0].version, 1);
     assert_eq!(e.get("a"), Some((1, &[5u8][..])));
     let ev = out.events_msg.unwrap();
     let mut r = Reader::new(&ev);
@@ -131,8 +131,38 @@ fn malformed_updates_get_reasons_not_decisions() {
     let out = e.apply_batch(&frames).unwrap();
     assert_eq!(out.malformed.len(), 5, "{:?}", out.malformed);
     assert_eq!(out.malformed[3], "frame 3 update 0: task: expected str");
-    assert_eq!(out.decisions.len(), 1);
-    assert_eq!(out.decisions[0].status, Status::Committed);
+    assert_eq!(out.decisions().len(), 1);
+    assert_eq!(out.decisions()[0].status, Status::Committed);
+}
+
+/// The decisions are read back from the DECISION message, also when fewer are decided than
+/// the frames announced (the message's list head then shrinks and the items move down).
+#[test]
+fn decisions_read_back_from_the_message_match_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut e = open(dir.path(), false);
+    let ids: Vec<String> = (0..20).map(|i| format!("t{i}")).collect();
+    let us: Vec<U<'_>> = ids.iter().map(|id| upd(id, &[("a", 0)], &[("a", 1)])).collect();
+    let mut short = Vec::new();
+    put::map_len(&mut short, 1);
+    put::str(&mut short, "updates");
+    put::array_len(&mut short, 20); // 3-byte head for 20 items ...
+    encode(&us[0], &mut short);
+    encode(&us[1], &mut short); // ... but 2 decisions (a 1-byte head)
+    let out = e.apply_batch(&[short, frame(&us[2..4])]).unwrap();
+    let ds = out.decisions();
+    let statuses: Vec<Status> = ds.iter().map(|d| d.status).collect();
+    assert_eq!(statuses, [Status::Committed, Status::Conflict, Status::Conflict, Status::Conflict]);
+    let tasks: Vec<&str> = ds.iter().map(|d| &*d.task).collect();
+    assert_eq!(tasks, ["t0", "t1", "t2", "t3"]);
+    let mut r = Reader::new(&out.decisions_msg);
+    assert_eq!((r.map_len(), r.str(), r.array_len()), (Ok(1), Ok("decisions"), Ok(4)));
+    for d in &ds {
+        let mut again = Vec::new();
+        d.encode(&mut again);
+        assert_eq!(r.raw(), Ok(&again[..]));
+    }
+    assert!(r.is_empty() && out.decision(4).is_none() && out.len() == 4);
 }
 
 #[test]
@@ -142,7 +172,7 @@ fn truncated_frames_never_panic() {
     let f = frame(&[upd("t1", &[("a", 0)], &[("a", 5)])]);
     for cut in 0..f.len() {
         let out = e.apply_batch(&[f[..cut].to_vec()]).unwrap();
-        assert_eq!(out.decisions.len(), 0);
+        assert_eq!(out.decisions().len(), 0);
         assert_eq!(out.malformed.len(), 1);
     }
 }
@@ -157,7 +187,7 @@ fn duplicates_repeat_the_original_decision() {
     let again = e
         .apply_batch(&[frame(&[upd("t1", &[("a", 1)], &[("a", 6)])])])
         .unwrap();
-    let (d0, d1) = (&first.decisions[0], &again.decisions[0]);
+    let (d0, d1) = (&first.decisions()[0], &again.decisions()[0]);
     assert_eq!(d1.status, Status::Duplicate);
     assert_eq!((d1.version, &d1.task), (d0.version, &d0.task));
     assert_eq!(e.get("a"), Some((1, &[5u8][..])));
@@ -182,14 +212,14 @@ fn contract_violations_are_rejected_and_leave_no_trace() {
         upd("t3", &[], &[("a", 1)]),
     ];
     let out = e.apply_batch(&[frame(&cases)]).unwrap();
-    for d in &out.decisions {
+    for d in &out.decisions() {
         assert_eq!(
             (d.status, d.rule.as_deref()),
             (Status::Rejected, Some("contract")),
             "{d:?}"
         );
     }
-    assert_eq!(out.decisions[0].reason, "unknown process nope");
+    assert_eq!(out.decisions()[0].reason, "unknown process nope");
     assert_eq!((e.version(), e.get("a")), (0, None));
     assert_eq!(
         statuses(&mut e, &[upd("t4", &[("in", 0), ("a", 0)], &[("a", 1)])]),
@@ -210,13 +240,13 @@ fn key_level_cas_checks_only_the_keys_read() {
     let out = e
         .apply_batch(&[frame(&[upd("t3", &[("a", 0)], &[("a", 2)]), stale_base])])
         .unwrap();
-    let d = &out.decisions[0];
+    let d = &out.decisions()[0];
     assert_eq!(
         (d.status, d.version, d.rule.as_deref()),
         (Status::Conflict, 1, Some("cas"))
     );
     assert!(d.retry_after_ms > 0 && d.retry_after_ms <= 50);
-    assert_eq!(out.decisions[1].status, Status::Committed);
+    assert_eq!(out.decisions()[1].status, Status::Committed);
     // Conflicts are not final: the retry with fresh versions commits.
     assert_eq!(
         statuses(&mut e, &[upd("t3", &[("a", 1)], &[("a", 2)])]),
@@ -450,7 +480,7 @@ fn audit_reject_block_unblock_and_stop() {
             upd("t2", &[("a", 0)], &[("a", 1)]),
         ])])
         .unwrap();
-    let (rej, blk) = (&out.decisions[0], &out.decisions[1]);
+    let (rej, blk) = (&out.decisions()[0], &out.decisions()[1]);
     assert_eq!(
         (
             rej.status,
@@ -474,7 +504,7 @@ fn audit_reject_block_unblock_and_stop() {
             upd("t4", &[("a", 1)], &[("a", 2)]),
         ])])
         .unwrap();
-    let got: Vec<Status> = out.decisions.iter().map(|d| d.status).collect();
+    let got: Vec<Status> = out.decisions().iter().map(|d| d.status).collect();
     assert_eq!(got, [Status::Committed, Status::Rejected, Status::Blocked]);
     assert_eq!(out.stop.as_deref(), Some("rule r: too big"));
     assert_eq!(e.version(), 1);

@@ -8,7 +8,7 @@ use rmpv::Value;
 fn statuses(e: &mut pipeline_core::Engine, updates: Vec<Value>) -> Vec<Status> {
     let out = e.apply_batch(&[frame(updates)]).unwrap();
     assert!(out.malformed.is_empty(), "{:?}", out.malformed);
-    out.decisions.iter().map(|d| d.status).collect()
+    out.decisions().iter().map(|d| d.status).collect()
 }
 
 #[test]
@@ -20,7 +20,7 @@ fn expect_is_checked_in_both_cas_modes() {
         assert_eq!(statuses(&mut e, vec![first]), [Status::Committed]);
         let stale = update("t2", &[("b", 0)], &[("b", 1)], vec![("expect", Value::from(0))]);
         let out = e.apply_batch(&[frame(vec![stale])]).unwrap();
-        let d = &out.decisions[0];
+        let d = &out.decisions()[0];
         assert_eq!((d.status, d.rule.as_deref(), d.version), (Status::Conflict, Some("cas"), 1));
         assert_eq!(d.reason, "expected global version 0, current 1");
         let fresh = update("t3", &[("b", 0)], &[("b", 1)], vec![("expect", Value::from(1))]);
@@ -87,8 +87,8 @@ fn heavy_writes_need_the_sinks_vetting() {
         heavy_update("t4", 0, "heavy.x", &seg_desc("s4", 4096, 2)),
     ];
     let out = e.apply_batch_vetted(&[frame(batch)], &v).unwrap();
-    let got: Vec<_> = out
-        .decisions
+    let decided = out.decisions();
+    let got: Vec<_> = decided
         .iter()
         .map(|d| (d.status, d.rule.as_deref(), d.reason.as_str()))
         .collect();
@@ -127,7 +127,7 @@ fn heavy_of_conflicts_and_duplicates_is_dropped_but_never_a_committed_value() {
         heavy_update("t1", 0, "heavy.x", &a),
     ];
     let out = e.apply_batch_vetted(&[frame(batch)], &v).unwrap();
-    let st: Vec<_> = out.decisions.iter().map(|d| d.status).collect();
+    let st: Vec<_> = out.decisions().iter().map(|d| d.status).collect();
     assert_eq!(st, [Status::Committed, Status::Conflict, Status::Duplicate]);
     assert_eq!(out.heavy_committed.len(), 1);
     assert_eq!(out.heavy_dropped, [pack(&b)]);
@@ -155,7 +155,7 @@ fn descriptors_of_both_forms_are_checked() {
         frame(vec![heavy_update("t3", 0, "heavy.x", &object)]),
     ];
     let out = e.apply_batch_vetted(&frames, &vetted(&[(&with_ns, None)])).unwrap();
-    assert_eq!(out.decisions.len(), 1);
+    assert_eq!(out.decisions().len(), 1);
     assert_eq!(out.commits, 1);
     assert_eq!(
         out.malformed,
@@ -222,8 +222,8 @@ fn array_rules_read_segment_and_inline_bytes() {
         .collect();
     let out = e.apply_batch_vetted(&[frame(ups)], &v).unwrap();
     let got: Vec<_> = out
-        .decisions
-        .iter()
+        .decisions()
+        .into_iter()
         .map(|d| (d.status, d.rule.clone().unwrap_or_default()))
         .collect();
     let rule = |r: &str| (Status::Rejected, r.to_string());
@@ -237,7 +237,7 @@ fn array_rules_read_segment_and_inline_bytes() {
             rule("heavy"),
         ]
     );
-    assert!(out.decisions[4].reason.contains("stale generation"), "{}", out.decisions[4].reason);
+    assert!(out.decisions()[4].reason.contains("stale generation"), "{}", out.decisions()[4].reason);
 }
 
 #[test]
@@ -248,8 +248,8 @@ fn without_a_heavy_dir_array_rules_fail_closed() {
     let out = e
         .apply_batch_vetted(&[frame(vec![heavy_update("t1", 0, "heavy.x", &d)])], &vetted(&[(&d, None)]))
         .unwrap();
-    assert_eq!(out.decisions[0].rule.as_deref(), Some("heavy"));
-    assert_eq!(out.decisions[0].reason, "heavy.x: no heavy directory to map ok from");
+    assert_eq!(out.decisions()[0].rule.as_deref(), Some("heavy"));
+    assert_eq!(out.decisions()[0].reason, "heavy.x: no heavy directory to map ok from");
 }
 
 fn outbox_update(task: &str, read: u64) -> Value {
@@ -282,7 +282,7 @@ fn followups_of_commits_only_with_deterministic_ids() {
     }
     let ups = vec![outbox_update("t1", 0), outbox_update("t2", 0), rejected];
     let out = e.apply_batch(&[frame(ups)]).unwrap();
-    let st: Vec<_> = out.decisions.iter().map(|d| d.status).collect();
+    let st: Vec<_> = out.decisions().iter().map(|d| d.status).collect();
     assert_eq!(st, [Status::Committed, Status::Conflict, Status::Rejected]);
     assert_eq!(task_ids(&out.followups), ["t1/0", "t1/1"]);
     let first = unpack(&out.followups[0]);
@@ -401,7 +401,7 @@ fn the_dedup_horizon_refuses_what_it_cannot_check_and_survives_a_restart() {
         assert_eq!((st.entries, st.horizon_ms, st.clock_ms), (2, now, now + 1_500));
         // A repeat of old cannot be checked any more: expired, not committed, not journaled.
         let out = e.apply_batch(&[frame(vec![born("old", now, 3)])]).unwrap();
-        let d = &out.decisions[0];
+        let d = &out.decisions()[0];
         assert_eq!((d.status, d.rule.as_deref(), out.commits), (Status::Expired, Some("dedup_horizon"), 0));
         // mid is still remembered, whatever attempt repeats it.
         assert_eq!(statuses(&mut e, vec![born("mid", now + 600, 3)]), [Status::Duplicate]);

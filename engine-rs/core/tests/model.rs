@@ -99,7 +99,7 @@ proptest! {
             let read = if op.stale { current.saturating_sub(1) } else { current };
             let expected = model.apply(op, read);
             let out = e.apply_batch(&[frame(op, read)]).expect("batch");
-            let d = &out.decisions[0];
+            let d = &out.decisions()[0];
             prop_assert_eq!((d.status, d.version), expected);
         }
         prop_assert_eq!(e.version(), model.version);
