@@ -14,8 +14,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -35,8 +34,7 @@ _ALLOWED = (
 ALLOWED_DTYPES: dict[str, np.dtype] = {np.dtype(t).str: np.dtype(t) for t in _ALLOWED}
 
 
-@dataclass(frozen=True)
-class Layout:
+class Layout(NamedTuple):
     """A checked array layout: dtype, shape, strides, byte extent."""
 
     dtype: np.dtype
@@ -45,8 +43,7 @@ class Layout:
     nbytes: int
 
 
-@dataclass(frozen=True)
-class SegmentRef:
+class SegmentRef(NamedTuple):
     """A checked segment descriptor (bounds against the file still to be checked)."""
 
     seg: str
@@ -83,20 +80,30 @@ def _check_int(what: str, value: object, low: int = 0) -> int:
     return value
 
 
+def _check_ints(what: str, values: list[Any] | tuple[Any, ...]) -> tuple[int, ...]:
+    """Every element a non-negative integer within MAX_INT. The loop is the fast path (one
+    descriptor is parsed three times per update: vetting, commit, each reader); the error
+    names the first bad element."""
+    for v in values:
+        if type(v) is not int or not 0 <= v <= MAX_INT:
+            return tuple(_check_int(f"{what}[{i}]", v) for i, v in enumerate(values))
+    return tuple(values)
+
+
 def check_shape(value: object) -> tuple[int, ...]:
     """A shape: a list of at most MAX_NDIM non-negative integers."""
     if not isinstance(value, list | tuple):
         raise HeavyError(f"shape must be a list of integers, got {type(value).__name__}")
     if len(value) > MAX_NDIM:
         raise HeavyError(f"too many dimensions ({len(value)} > {MAX_NDIM})")
-    return tuple(_check_int(f"shape[{i}]", v) for i, v in enumerate(value))
+    return _check_ints("shape", value)
 
 
 def _check_strides(value: object, shape: tuple[int, ...], dtype: np.dtype,
                    length: int) -> tuple[int, ...]:
     if not isinstance(value, list | tuple) or len(value) != len(shape):
         raise HeavyError(f"strides must be a list of {len(shape)} integers")
-    strides = tuple(_check_int(f"strides[{i}]", v) for i, v in enumerate(value))
+    strides = _check_ints("strides", value)
     for i, s in enumerate(strides):
         if s % dtype.itemsize:
             raise HeavyError(f"strides[{i}] = {s} is not a multiple of itemsize {dtype.itemsize}")
@@ -108,6 +115,8 @@ def _check_strides(value: object, shape: tuple[int, ...], dtype: np.dtype,
 
 
 def _check_keys(desc: Mapping[str, Any], required: frozenset[str]) -> None:
+    if len(desc) == len(required) and required.issuperset(desc):
+        return  # exactly the required keys: the common case
     missing = required - desc.keys()
     if missing:
         raise HeavyError(f"descriptor lacks {', '.join(sorted(missing))}")
@@ -136,9 +145,12 @@ def parse_segment(desc: object, max_bytes: int) -> SegmentRef:
     seg = names.check_segment_name(desc["seg"])
     dtype = check_dtype(desc["dtype"])
     shape = check_shape(desc["shape"])
-    off = _check_int("off", desc["off"])
-    length = _check_int("len", desc["len"])
-    gen = _check_int("gen", desc["gen"], low=1)
+    off, length, gen = desc["off"], desc["len"], desc["gen"]
+    if not (type(off) is type(length) is type(gen) is int
+            and 0 <= off <= MAX_INT and 0 <= length <= MAX_INT and 1 <= gen <= MAX_INT):
+        off = _check_int("off", off)
+        length = _check_int("len", length)
+        gen = _check_int("gen", gen, low=1)
     nbytes = math.prod(shape) * dtype.itemsize
     if nbytes > max_bytes:
         raise HeavyError(f"array of {nbytes} bytes exceeds the limit of {max_bytes}")
