@@ -71,6 +71,10 @@ class Subscriber:
         self._buffered: list[dict[str, Any]] = []
         self.malformed = 0
         self._resyncing = from_version is not None and self.sync is not None
+        self._poller = zmq.Poller()
+        self._poller.register(self.sub, zmq.POLLIN)
+        if self.sync is not None:
+            self._poller.register(self.sync, zmq.POLLIN)
         if self._resyncing:
             self._request_snapshot()
 
@@ -132,11 +136,7 @@ class Subscriber:
     __iter__ = changes
 
     def _poll(self, timeout_ms: int) -> None:
-        poller = zmq.Poller()
-        poller.register(self.sub, zmq.POLLIN)
-        if self.sync is not None:
-            poller.register(self.sync, zmq.POLLIN)
-        for sock, _ in poller.poll(timeout_ms):
+        for sock, _ in self._poller.poll(timeout_ms):
             try:
                 msg = proto.decode(sock.recv_multipart())
                 if msg.cmd is Cmd.COMMIT:
