@@ -119,12 +119,12 @@ class HeavyAllocator:
             return descriptor.encode_inline(arr)
         with self._lock:
             self._check_open()
-            slot = self._owner(arr)
-            if slot is None:
+            owned = self._owner(arr)
+            if owned is None:
                 slot, copy = self._alloc(arr.shape, arr.dtype)
                 copy[...] = arr
-                return self._export(slot, copy, defer_seal)
-            return self._export(slot, arr, defer_seal)
+                return self._export(slot, segment.HEADER, copy, defer_seal)
+            return self._export(*owned, arr, defer_seal)
 
     def seal(self) -> None:
         """mprotect, read-only, every segment exported with `defer_seal` since the last call."""
@@ -194,22 +194,26 @@ class HeavyAllocator:
 
     # -- export -------------------------------------------------------------------------
 
-    def _owner(self, arr: np.ndarray) -> _Slot | None:
-        """The live, unexported slot whose data region holds all of a contiguous `arr`."""
+    def _owner(self, arr: np.ndarray) -> tuple[_Slot, int] | None:
+        """The live, unexported slot whose data region holds all of a contiguous `arr`, and
+        the array's byte offset in that segment."""
+        for slot in self._live.values():  # the usual case: the very array `alloc` returned
+            if slot.anchor is not None and slot.anchor() is arr:
+                return slot, segment.HEADER
         if not (arr.flags.c_contiguous or arr.flags.f_contiguous):
             return None
         ptr = arr.__array_interface__["data"][0]
         for slot in self._live.values():
             start = slot.mapped.addr + segment.HEADER
             if start <= ptr and ptr + arr.nbytes <= start + slot.mapped.capacity:
-                return slot
+                return slot, ptr - slot.mapped.addr
         return None
 
-    def _export(self, slot: _Slot, arr: np.ndarray, defer_seal: bool) -> dict[str, Any]:
+    def _export(self, slot: _Slot, off: int, arr: np.ndarray, defer_seal: bool
+                ) -> dict[str, Any]:
         anchor = slot.anchor() if slot.anchor is not None else None
         if anchor is None:
             raise HeavyError(f"segment {slot.name} has no live array to export")
-        off = arr.__array_interface__["data"][0] - slot.mapped.addr
         desc = descriptor.encode_segment(slot.name, slot.gen, off, arr)
         self._lease(slot.name, anchor)
         if defer_seal:
