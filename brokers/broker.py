@@ -48,8 +48,10 @@ from brokers.validate import (
 )
 from pipeline.errors import DecodeError
 from pipeline.protocol import (
+    VERSION,
     Cmd,
     Message,
+    commit_index,
     decode,
     encode,
     encode_raw,
@@ -62,6 +64,7 @@ MAX_PROCESSES = 1024
 STOP_CHECK_MS = 100
 RAW_RECORD_MAX = MAX_RECORD_BYTES // 2  # a bigger header is journaled record by record
 _DECIDED = {s: f"decided.{s}" for s in STATUSES}  # counter keys, built once
+_DECISION_PREFIX = bytes((VERSION, Cmd.DECISION))
 
 Handler = Callable[[bytes, Message], None]
 
@@ -87,7 +90,7 @@ class Broker:
         self._workers: dict[bytes, Worker] = {}
         self._results: dict[bytes, list[dict[str, Any]]] = {}
         # whole DECISION headers for one producer, sent on as its RESULT (no re-encode)
-        self._raw_results: list[tuple[bytes, bytes]] = []
+        self._raw_results: list[tuple[bytes, list[Any]]] = []
         self._dlq = DeadLetters()
         # answers that wait for this pass's journal write: (socket, identity, frames), then
         # (write sequence number, answers) until the fsync that covers the write is done
@@ -266,6 +269,9 @@ class Broker:
     def _handle(self, sock: zmq.Socket[Any], where: str, table: dict[Cmd, Handler],
                 frames: list[bytes]) -> None:
         identity = frames[0]
+        if len(frames) == 4 and frames[1] == _DECISION_PREFIX and sock is self.control \
+                and self._on_commits(frames[2], frames[3]):
+            return  # plain commits, taken from the commit index: the header is not decoded
         try:
             msg = decode(frames[1:])
             self._raw = frames[2]
@@ -371,8 +377,8 @@ class Broker:
             if self._send(self.frontend, producer, encode(Cmd.RESULT, {"decisions": decisions})):
                 self.counters["result.undelivered"] += len(decisions)
         raw, self._raw_results = self._raw_results, []
-        for producer, header in raw:  # a DECISION header is a valid RESULT header
-            if self._send(self.frontend, producer, encode_raw(Cmd.RESULT, header)):
+        for producer, frames in raw:  # a DECISION header (and index) is a valid RESULT
+            if self._send(self.frontend, producer, encode_raw(Cmd.RESULT, *frames)):
                 self.counters["result.undelivered-batches"] += 1
 
     # -- dispatch -----------------------------------------------------------------------
@@ -668,19 +674,61 @@ class Broker:
                 for decision in done:
                     self._journal.decided(decision)
         if whole and len(producers) == 1:
-            self._forward_raw(producers.pop(), len(done))
+            self._forward_raw(producers.pop(), len(done), msg.blobs)
         if bad:  # the good ones were applied; the sender hears about the rest
             self.counters["control.decision-invalid"] += bad
             self.counters["malformed"] += bad
             self._send(self.control, identity,
                        error("malformed", f"{bad} invalid decisions ignored"))
 
-    def _forward_raw(self, producer: bytes, n: int) -> None:
+    def _forward_raw(self, producer: bytes, n: int, index: list[Any]) -> None:
         """Every decision of this DECISION went to one producer, and nothing else did in
-        this pass: its RESULT is the DECISION header as received."""
+        this pass: its RESULT is the DECISION header as received (with its commit index)."""
         if producer and len(self._results.get(producer, ())) == n:
             del self._results[producer]
-            self._raw_results.append((producer, self._raw))
+            self._raw_results.append((producer, [self._raw, *index[:1]]))
+
+    def _on_commits(self, raw: bytes, index: bytes) -> bool:
+        """A DECISION with a commit index (every decision a plain commit, see
+        docs/PROTOCOL.md): finish its tasks from the index alone and forward the message as
+        the producer's RESULT. False, with nothing changed, when the general path must take
+        it (a bad index, an unknown, stale or repeated task, several producers, a producer
+        with other results in this pass, a header too big to journal whole)."""
+        parsed = commit_index(index)
+        if parsed is None or len(raw) > RAW_RECORD_MAX:
+            return False
+        ids, attempts, version = parsed
+        entries, batch = self._entries, []
+        producer = None
+        for tid, attempt in zip(ids, attempts, strict=True):
+            e = entries.get(tid)
+            if e is None or e.worker is None or e.task["attempt"] != attempt:
+                return False
+            if producer is None:
+                producer = e.producer
+            elif e.producer != producer:
+                return False
+            batch.append(e)
+        if not producer or producer in self._results or len(set(ids)) != len(ids):
+            return False
+        workers, recent = self._workers, self._recent
+        wid, inflight = None, None
+        for e in batch:
+            if e.worker != wid:
+                wid = e.worker
+                w = workers.get(wid)  # type: ignore[arg-type]
+                inflight = None if w is None else w.inflight
+            if inflight is not None:
+                inflight.pop(e.id, None)
+            e.worker = None
+            del entries[e.id]
+            recent.add_commit(e.id, e.process, e.task["attempt"], version)
+            version += 1
+        self.counters["decided.committed"] += len(batch)
+        if self._journal is not None:
+            self._journal.decided_raw(raw, len(batch))  # as received: no re-encode
+        self._raw_results.append((producer, [raw, index]))
+        return True
 
     def _apply(self, d: dict[str, Any]) -> bytes | None:
         """Act on one decision; when it was final (the task left the broker), return the

@@ -203,6 +203,13 @@ class RecentDecisions:
         if len(items) > self.limit:
             items.popitem(last=False)
 
+    def add_commit(self, task_id: str, process: str, attempt: int, version: int) -> None:
+        """A plain commit (what `add` keeps as a tuple), from a commit index."""
+        items = self._items
+        items[task_id] = (self._names.setdefault(process, process), attempt, version)
+        if len(items) > self.limit:
+            items.popitem(last=False)
+
     def get(self, task_id: str) -> dict[str, Any] | None:
         d = self._items.get(task_id)
         if type(d) is not tuple:

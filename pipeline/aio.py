@@ -215,6 +215,12 @@ class AsyncProducer:
             await self._resend(self.ledger.outstanding())
 
     def _handle(self, frames: list[bytes]) -> None:
+        commits = self.ledger.commits(frames)
+        if commits is not None:  # plain commits, from the RESULT's commit index
+            self._progress.set()
+            for decision in commits:
+                self._resolve(decision)
+            return
         try:
             msg = proto.decode(frames)
         except DecodeError:
@@ -230,6 +236,9 @@ class AsyncProducer:
 
     def _decided(self, decision: Decision) -> None:
         self.ledger.settled(decision.task)
+        self._resolve(decision)
+
+    def _resolve(self, decision: Decision) -> None:
         future = self._futures.pop(decision.task, None)
         if future is not None and not future.done():
             future.set_result(decision)

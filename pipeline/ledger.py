@@ -14,10 +14,13 @@ from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 from pipeline import protocol as proto
+from pipeline.api import Decision, Status
 from pipeline.errors import Busy, PipelineError, SubmitRejected
 from pipeline.protocol import Cmd
 
 RESEND_CHUNK = 1000  # tasks per SUBMIT when sending again
+_RESULT_PREFIX = bytes((proto.VERSION, Cmd.RESULT))
+_COMMITTED = Status.COMMITTED
 
 
 class SubmitLedger:
@@ -46,6 +49,29 @@ class SubmitLedger:
         """Decided or rejected: nothing left to send again."""
         self.unacked.pop(task_id, None)
         self.undecided.pop(task_id, None)
+
+    def commits(self, frames: list[Any]) -> list[Decision] | None:
+        """The decisions of a RESULT that carries a commit index (frame 2: every decision a
+        plain commit), built from the index and the tasks sent, and settled; None when the
+        RESULT has no usable index or names a task not sent (decode its header instead)."""
+        if len(frames) != 3 or frames[0] != _RESULT_PREFIX:
+            return None
+        parsed = proto.commit_index(frames[2])
+        if parsed is None:
+            return None
+        ids, attempts, version = parsed
+        unacked, undecided = self.unacked, self.undecided
+        out = []
+        for tid, attempt in zip(ids, attempts, strict=True):
+            task = undecided.get(tid) or unacked.get(tid)
+            if task is None:
+                return None
+            out.append(Decision(tid, _COMMITTED, task["process"], attempt, version))
+            version += 1
+        for tid in ids:
+            if undecided.pop(tid, None) is None:
+                unacked.pop(tid, None)
+        return out
 
     def overdue(self) -> list[dict[str, Any]]:
         """The unacked tasks, if the broker has been silent past the ack timeout."""

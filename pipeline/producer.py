@@ -173,6 +173,13 @@ class Producer:
             self._resend(self.ledger.outstanding())
 
     def _handle(self, frames: list[bytes]) -> None:
+        commits = self.ledger.commits(frames)
+        if commits is not None:  # plain commits, from the RESULT's commit index
+            decisions = self._decisions
+            for decision in commits:
+                decisions[decision.task] = decision
+            self._trim(decisions)
+            return
         try:
             msg = proto.decode(frames)
         except DecodeError:

@@ -183,6 +183,37 @@ def check_task(task: Any) -> dict[str, Any]:
     return task
 
 
+def pack_commit_index(ids: list[str], attempts: list[int], first_version: int) -> bytes:
+    """Frame 2 of a DECISION or RESULT whose every decision is a plain commit (status
+    `committed`, empty reason, nil rule and level, no error, not blocked), the versions
+    being `first_version`, `first_version + 1`, ... in order: `[ids, attempts,
+    first_version]`. It repeats what the header says, so a receiver can act on the commits
+    without decoding the header (docs/PROTOCOL.md, "The commit index")."""
+    return _packer.pack([ids, attempts, first_version])  # type: ignore[no-any-return]
+
+
+def commit_index(frame: Any) -> tuple[list[str], list[int], int] | None:
+    """The (ids, attempts, first version) of a commit index frame, or None when it is not
+    a well-formed one (the receiver then decodes the header, which is authoritative)."""
+    try:
+        value = unpack(_bytes(frame))
+    except DecodeError:
+        return None
+    if type(value) is not list or len(value) != 3:
+        return None
+    ids, attempts, first = value
+    if (type(ids) is not list or type(attempts) is not list or type(first) is not int
+            or not ids or len(ids) != len(attempts) or first < 1):
+        return None
+    for tid in ids:
+        if type(tid) is not str:
+            return None
+    for attempt in attempts:
+        if type(attempt) is not int:
+            return None
+    return ids, attempts, first
+
+
 def split_envelope(frames: list[Any]) -> tuple[bytes, list[Any]]:
     """Split a ROUTER-received message into (identity, frames)."""
     if len(frames) < 3:

@@ -292,7 +292,8 @@ class Sink:
         if batch.events is not None:
             self.events.send_multipart(proto.encode_raw(Cmd.COMMIT, batch.events))
         self._submit_followups(batch.followups)
-        self._send_control(proto.encode_raw(Cmd.DECISION, batch.decisions))
+        self._send_control(proto.encode_raw(Cmd.DECISION, batch.decisions,
+                                            *_commit_index(batch)))
         # After the publish: adopting segments and freeing superseded ones is bookkeeping of
         # this thread (the journal already holds the commit), not on the commit's path.
         self._settle_heavy(batch, vetted, placed)
@@ -461,6 +462,25 @@ class Sink:
             "time": time.time(), "journal_bytes": _dir_bytes(self.config.journal_dir),
             "heavy": self.heavy.stats(), "dedup": self.engine.dedup_stats(),
         }
+
+
+def _commit_index(batch: Batch) -> tuple[bytes, ...]:
+    """The DECISION's commit index frame when every decision of the batch is a plain
+    commit (the broker and the producer then act on the commits without decoding the
+    header: docs/PROTOCOL.md, "The commit index"); otherwise no frame."""
+    n = len(batch)
+    if not n or batch.commits != n or batch.newly_blocked or batch.stop is not None:
+        return ()
+    ids, attempts = [], []
+    for d in batch:
+        if d.reason or d.rule is not None or d.level is not None or d.blocked:
+            return ()
+        ids.append(d.task)
+        attempts.append(d.attempt)
+    first = batch[0].version
+    if batch[n - 1].version != first + n - 1:
+        return ()
+    return (proto.pack_commit_index(ids, attempts, first),)
 
 
 def _frame_bytes(frame: Any) -> bytes:

@@ -1,0 +1,118 @@
+"""The commit index (frame 2 of DECISION and RESULT, docs/PROTOCOL.md): the sink adds it
+when every decision is a plain commit; the broker and the producers act on it without
+decoding the header, and fall back to the header whenever it does not fit."""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import pytest
+import zmq
+
+from pipeline._engine import Engine
+from pipeline.api import Decision, Status
+from pipeline.ledger import SubmitLedger
+from pipeline.protocol import Cmd, commit_index, decode, encode, encode_raw, pack_commit_index
+from pipeline.sink import _commit_index
+from tests.test_broker import Net, decision, task
+
+
+@pytest.fixture
+def net(tmp_path: Path) -> Iterator[Net]:
+    n = Net(tmp_path)
+    yield n
+    n.close()
+
+
+def _decide_indexed(sink: zmq.Socket[Any], decisions: list[dict[str, Any]],
+                    index: bytes) -> None:
+    header = msgpack.packb({"decisions": decisions})
+    sink.send_multipart(encode_raw(Cmd.DECISION, header, index))
+
+
+def test_index_round_trip_and_refusals() -> None:
+    assert commit_index(pack_commit_index(["a", "b"], [1, 2], 7)) == (["a", "b"], [1, 2], 7)
+    for bad in ([["a"], [1]], [["a"], [1, 2], 1], [[1], [1], 1], [["a"], ["1"], 1],
+                [[], [], 1], [["a"], [1], 0], {"a": 1}):
+        assert commit_index(msgpack.packb(bad)) is None
+    assert commit_index(b"\xc1") is None
+
+
+def test_broker_finishes_indexed_commits_and_forwards_the_index(net: Net) -> None:
+    prod, sink = net.producer(), net.sink()
+    net.submit(prod, task("t1"), task("t2"))
+    worker = net.worker(["p"], credit=10)
+    assert len(net.expect(worker, Cmd.DISPATCH)["tasks"]) == 2
+    decisions = [decision("t1", version=5), decision("t2", version=6)]
+    index = pack_commit_index(["t1", "t2"], [1, 1], 5)
+    _decide_indexed(sink, decisions, index)
+    net.pump(lambda: prod.poll(0))
+    frames = prod.recv_multipart()
+    assert len(frames) == 3 and frames[2] == index
+    assert decode(frames).header["decisions"] == decisions
+    status = net.broker.status()
+    assert (status["tasks"], status["in_flight"]) == (0, 0)
+    assert status["counters"]["decided.committed"] == 2
+    # a resubmit of a decided task is answered with the decision, as for the header path
+    prod.send_multipart(encode(Cmd.SUBMIT, {"tasks": [task("t2")]}))
+    net.pump(lambda: net.counter("resubmitted") == 1)
+    replies = [net.recv(prod) for _ in range(2)]
+    result = next(m for m in replies if m.cmd is Cmd.RESULT)
+    assert result.header["decisions"] == [decisions[1]]
+
+
+def test_an_index_that_does_not_fit_takes_the_header_path(net: Net) -> None:
+    prod, sink = net.producer(), net.sink()
+    net.submit(prod, task("t1"))
+    worker = net.worker(["p"], credit=10)
+    net.expect(worker, Cmd.DISPATCH)
+    # the index names attempt 2 (stale), the header attempt 1: the header decides
+    _decide_indexed(sink, [decision("t1", version=3)], pack_commit_index(["t1"], [2], 3))
+    assert net.expect(prod, Cmd.RESULT)["decisions"][0]["task"] == "t1"
+    assert net.broker.status()["tasks"] == 0
+    assert net.counter("decided.committed") == 1
+
+
+def test_ledger_builds_the_same_decisions_as_the_header() -> None:
+    ledger = SubmitLedger(5.0)
+    ledger.sent([task("a", "p"), task("b", "q")])
+    ledger.accepted(["a"])
+    wire = [decision("a", version=8, process="p"), decision("b", attempt=2, version=9,
+                                                            process="q")]
+    frames = encode_raw(Cmd.RESULT, msgpack.packb({"decisions": wire}),
+                        pack_commit_index(["a", "b"], [1, 2], 8))
+    got = ledger.commits(frames)
+    assert got == [Decision.from_wire(d) for d in wire]
+    assert got is not None and got[0].status is Status.COMMITTED
+    assert not ledger.unacked and not ledger.undecided
+    ledger.sent([task("c")])
+    unknown = encode_raw(Cmd.RESULT, b"", pack_commit_index(["c", "zz"], [1, 1], 1))
+    assert ledger.commits(unknown) is None and "c" in ledger.unacked  # nothing settled
+    assert ledger.commits(encode(Cmd.RESULT, {"decisions": []})) is None
+
+
+def _update(tid: str, process: str, data: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {"task": tid, "process": process, "attempt": 1, "worker": "w",
+            "reads": dict.fromkeys(data or {}, 0),
+            "base": 0, "data": data or {}, "heavy": {}, "error": None, "signals": [],
+            "tasks": [], "args": {}, "run_us": 1, "born_ms": None}
+
+
+def test_sink_indexes_only_batches_of_plain_commits() -> None:
+    engine = Engine(tempfile.mkdtemp(prefix="ci-"), fsync="never")
+    engine.register("p", [], ["k"])
+    plain = engine.apply_batch([msgpack.packb({"updates": [
+        _update("a", "p", {"k": 1}), _update("b", "p")]})])
+    (index,) = _commit_index(plain)
+    wire = msgpack.unpackb(plain.decisions)["decisions"]
+    ids, attempts, first = commit_index(index)  # type: ignore[misc]
+    assert ids == [d["task"] for d in wire] and attempts == [1, 1]
+    assert [first, first + 1] == [d["version"] for d in wire]
+    mixed = engine.apply_batch([msgpack.packb({"updates": [
+        _update("c", "p"), _update("d", "p", {"undeclared": 1})]})])
+    assert mixed.commits == 1 and _commit_index(mixed) == ()
+    engine.close()
