@@ -74,6 +74,11 @@ class Worker:
         self._reconnects = 0  # consecutive re-registrations without hearing the broker
         self._register_at: float | None = None  # a re-registration waiting for its back-off
         self._draining = False
+        # Credit for tasks run goes back to the broker once a quarter of the credit is owed
+        # (or with the next heartbeat): the broker always holds at least three quarters of
+        # it, and a lone task does not cost the broker a wake-up for one READY.
+        self._owed = 0
+        self._return_at = max(1, config.credit // 4)
         self._sockets()
 
     # -- sockets ---------------------------------------------------------------------------
@@ -231,6 +236,7 @@ class Worker:
         self.sync.send_multipart(proto.encode(Cmd.SNAPSHOT_REQ, {"keys": None}))
 
     def _register(self) -> None:
+        self._owed = 0  # a fresh registration gives the broker the whole credit
         self._send_backend(Cmd.READY, {
             "credit": self.config.credit, "processes": sorted(self.specs),
             "name": self.config.name, "versions": list(proto.SUPPORTED_VERSIONS),
@@ -281,7 +287,13 @@ class Worker:
             self._hold_written(updates)
             self._seal()  # off the critical path: the sink already has the descriptors
             if not self._draining:
-                self._send_backend(Cmd.READY, {"credit": len(updates)})
+                self._owed += len(updates)
+                if self._owed >= self._return_at:
+                    self._return_credit()
+
+    def _return_credit(self) -> None:
+        self._send_backend(Cmd.READY, {"credit": self._owed})
+        self._owed = 0
 
     def _hold_written(self, updates: list[dict[str, Any]]) -> None:
         """Gate the keys these updates write until their commits come back (or time out):
@@ -350,7 +362,10 @@ class Worker:
         self.gate.sweep(now)
         interval = self.config.heartbeat_interval_ms / 1000
         if self._registered and now - self._last_send > interval:
-            self._send_backend(Cmd.HEARTBEAT, {})
+            if self._owed and not self._draining:
+                self._return_credit()  # any message is a heartbeat
+            else:
+                self._send_backend(Cmd.HEARTBEAT, {})
         if self._registered and now - self._last_recv > interval * self.config.liveness:
             self._reconnect(now)
         if self._register_at is not None and now >= self._register_at and not self._draining:
