@@ -25,7 +25,7 @@ import random
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any
 
 import zmq
@@ -94,9 +94,8 @@ class Broker:
         self._dlq = DeadLetters()
         # answers that wait for this pass's journal write: (socket, identity, frames), then
         # (write sequence number, answers) until the fsync that covers the write is done
-        self._acks: list[tuple[zmq.Socket[Any], bytes, list[Any]]] = []
-        self._waiting: deque[tuple[int, list[tuple[zmq.Socket[Any], bytes, list[Any]]]]] = \
-            deque()
+        self._acks: list[_Answer] = []
+        self._waiting: deque[tuple[int, list[_Answer]]] = deque()
         self._raw = b""  # frame 1 (the header bytes) of the message being handled
         self._rng = random.Random()
         self.counters: Counter[str] = Counter()
@@ -242,7 +241,11 @@ class Broker:
         waiting = self._waiting
         while waiting and waiting[0][0] <= durable:
             for sock, identity, frames in waiting.popleft()[1]:
-                self._send(sock, identity, frames)
+                if type(frames) is _Accepted:
+                    if frames.settled(self._entries):
+                        continue
+                    frames = encode(Cmd.ACCEPTED, {"ids": frames.ids})
+                self._send(sock, identity, frames)  # type: ignore[arg-type]
 
     def next_timeout_ms(self) -> int:
         """Poll timeout: min(heartbeat, time to the next deadline), never negative."""
@@ -512,6 +515,7 @@ class Broker:
         if msg.blobs:
             raise Refused("unsupported", "submit-blobs", "SUBMIT blobs are not supported")
         accepted: list[str] = []
+        answered: list[str] = []
         busy: list[str] = []
         invalid: dict[str, list[str]] = {}
         room = self.config.max_queue - len(self._entries)
@@ -522,6 +526,8 @@ class Broker:
                 invalid.setdefault(problem, []).append(task_id(task))
             elif self._known(task["id"], producer):
                 accepted.append(task["id"])
+                if task["id"] not in self._entries:
+                    answered.append(task["id"])  # decided earlier: RESULT now, ACCEPTED too
             elif room <= 0:
                 busy.append(task["id"])
             else:
@@ -531,15 +537,17 @@ class Broker:
                 accepted.append(task["id"])
         if fresh and self._journal is not None:
             _journal_submitted(self._journal, self._raw, fresh, len(fresh) == len(tasks), born)
-        self._answer_submit(producer, accepted, busy, invalid)
+        self._answer_submit(producer, accepted, busy, invalid, answered)
 
     def _answer_submit(self, producer: bytes, accepted: list[str], busy: list[str],
-                       invalid: dict[str, list[str]]) -> None:
+                       invalid: dict[str, list[str]], answered: list[str] | None = None
+                       ) -> None:
         """Answer a SUBMIT; with a journal, after this pass's journal write (durable)."""
         self.counters["accepted"] += len(accepted)
-        answers = []
+        answers: list[list[Any] | _Accepted] = []
         if accepted or not (busy or invalid):
-            answers.append(encode(Cmd.ACCEPTED, {"ids": accepted}))
+            answers.append(encode(Cmd.ACCEPTED, {"ids": accepted}) if self._journal is None
+                           else _Accepted(accepted, answered or ()))
         if busy:
             self.counters["rejected.busy"] += len(busy)
             answers.append(rejected(busy, "busy", "the broker's queue is full",
@@ -549,7 +557,7 @@ class Broker:
             answers.append(rejected([i for i in ids if i], "invalid", reason, 0))
         if self._journal is None:
             for frames in answers:
-                self._send(self.frontend, producer, frames)
+                self._send(self.frontend, producer, frames)  # type: ignore[arg-type]
         else:
             self._acks.extend((self.frontend, producer, frames) for frames in answers)
 
@@ -886,6 +894,27 @@ class Broker:
         self.counters["peer-error"] += 1
         log.warning("peer %s sent ERROR %s: %s", identity.hex(), msg.header["code"],
                     msg.header["reason"])
+
+
+class _Accepted:
+    """An ACCEPTED that waits for the fsync of its tasks. It is dropped when every one of
+    its tasks was decided meanwhile: their RESULTs ended them for the producer, and the
+    ACCEPTED would only cost it a wake-up (a lone task's usual case)."""
+
+    __slots__ = ("ids", "keep")
+
+    def __init__(self, ids: list[str], keep: Collection[str]) -> None:
+        self.ids = ids
+        self.keep = keep  # resubmits of tasks decided before the SUBMIT: always answered
+
+    def settled(self, entries: Collection[str]) -> bool:
+        ids = self.ids
+        if not ids or self.keep or ids[-1] in entries:  # the last: the usual undecided one
+            return False
+        return not any(tid in entries for tid in ids)
+
+
+_Answer = tuple[zmq.Socket[Any], bytes, list[Any] | _Accepted]
 
 
 # -- pure helpers ---------------------------------------------------------------------------

@@ -116,3 +116,40 @@ def test_sink_indexes_only_batches_of_plain_commits() -> None:
         _update("c", "p"), _update("d", "p", {"undeclared": 1})]})])
     assert mixed.commits == 1 and _commit_index(mixed) == ()
     engine.close()
+
+
+def test_no_accepted_for_tasks_decided_before_their_fsync(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A lone task is usually decided before the fsync of its intake: its RESULT ended it
+    for the producer, so no ACCEPTED follows (one wake-up less for the producer)."""
+    import threading
+
+    from brokers import journal as journal_mod
+
+    gate, started = threading.Event(), threading.Event()
+    real = journal_mod._datasync
+
+    def slow_sync(fd: int) -> None:
+        started.set()
+        gate.wait(10)
+        real(fd)
+
+    monkeypatch.setattr(journal_mod, "_datasync", slow_sync)
+    n = Net(tmp_path, journal_dir=str(tmp_path / "journal"))
+    try:
+        prod, sink = n.producer(), n.sink()
+        worker = n.worker(["p"], credit=5)
+        prod.send_multipart(encode(Cmd.SUBMIT, {"tasks": [task("t1")]}))
+        n.expect(worker, Cmd.DISPATCH)
+        assert started.wait(5)
+        n.decide(sink, decision("t1", version=1))
+        assert n.expect(prod, Cmd.RESULT)["decisions"][0]["task"] == "t1"
+        gate.set()
+        n.pump(lambda: n.broker.status()["journal"]["fsyncs"] >= 1)
+        for _ in range(20):
+            n.broker.run_once(1)
+        assert not prod.poll(0), "an ACCEPTED for a task already decided"
+        prod.send_multipart(encode(Cmd.SUBMIT, {"tasks": [task("t2")]}))  # undecided: sent
+        assert n.expect(prod, Cmd.ACCEPTED)["ids"] == ["t2"]
+    finally:
+        n.close()
