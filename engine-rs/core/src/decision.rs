@@ -94,6 +94,16 @@ impl Decision {
         }
     }
 
+    /// Start afresh as a decision of `status` for `attempt`, keeping the task and process
+    /// names (and the capacity of the reason).
+    #[inline]
+    pub fn reset(&mut self, attempt: u64, status: Status) {
+        (self.status, self.attempt, self.version) = (status, attempt, 0);
+        self.reason.clear();
+        (self.rule, self.level, self.error) = (None, None, None);
+        (self.retry_after_ms, self.blocked) = (0, false);
+    }
+
     /// Append this decision as a msgpack map with every field of PROTOCOL.md (the keys
     /// are written as pre-encoded constants).
     pub fn encode(&self, buf: &mut Vec<u8>) {

@@ -257,16 +257,20 @@ impl Dedup {
 
     /// The repeat of an already decided task (`task` is its id, `key` the id's key): the
     /// original decision's fields, status "duplicate".
-    #[inline]
     pub fn duplicate(&self, key: TaskKey, task: &str) -> Option<Decision> {
-        let f = self.map.get(key.0)?;
-        let process = self.processes.names[f.process as usize].clone();
-        let mut d = Decision::new(
-            Arc::from(task),
-            process,
-            u64::from(f.attempt),
-            Status::Duplicate,
-        );
+        let mut d = Decision::new(Arc::from(task), Arc::from(""), 0, Status::Duplicate);
+        self.duplicate_into(key, &mut d).then_some(d)
+    }
+
+    /// [`Dedup::duplicate`] into `d` (all but its task name); false (and `d` untouched)
+    /// if the task was not decided.
+    #[inline]
+    pub fn duplicate_into(&self, key: TaskKey, d: &mut Decision) -> bool {
+        let Some(f) = self.map.get(key.0) else {
+            return false;
+        };
+        d.process = self.processes.names[f.process as usize].clone();
+        d.reset(u64::from(f.attempt), Status::Duplicate);
         (d.version, d.blocked) = (f.version, f.blocked);
         if let Some(x) = self.extras.get(f.detail as usize) {
             d.attempt = x.attempt;
@@ -274,7 +278,7 @@ impl Dedup {
             (d.reason, d.rule, d.level, d.error) =
                 (x.reason.clone(), x.rule.clone(), x.level, x.error.clone());
         }
-        Some(d)
+        true
     }
 
     /// Remember final decision `d` (of process number `process`) under `key`.

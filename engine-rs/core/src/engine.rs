@@ -9,7 +9,7 @@ use crate::audit_api::{ArrayField, Audit, AuditInput, Failure, Finding, Verdict}
 use crate::decision::{Decision, Status};
 use crate::dedup::{DedupStats, Horizon, TaskKey};
 use crate::error::{EngineError, Result};
-use crate::fxhash::{FxMap, FxSet};
+use crate::fxhash::FxMap;
 use crate::heavy::{map_segment, Mapped};
 use crate::journal::{Fsync, Journal};
 use crate::msgpack::{put, Reader};
@@ -46,8 +46,18 @@ struct Contract {
     name: Arc<str>,
     /// The process's number in the de-duplication table.
     pid: u32,
-    inputs: FxSet<Box<str>>,
-    outputs: FxSet<Box<str>>,
+    /// Every declared key: [`INPUT`], [`OUTPUT`] or both (one lookup answers both).
+    keys: FxMap<Box<str>, u8>,
+}
+
+const INPUT: u8 = 1;
+const OUTPUT: u8 = 2;
+
+impl Contract {
+    #[inline]
+    fn declares(&self, key: &str, kind: u8) -> bool {
+        self.keys.get(key).is_some_and(|k| k & kind != 0)
+    }
 }
 
 /// The outcome of one batch.
@@ -121,7 +131,9 @@ struct Ctx<'v> {
 pub struct Engine {
     store: Store,
     journal: Journal,
-    contracts: FxMap<Box<str>, Contract>,
+    /// The contracts, and each process's index among them.
+    contracts: Vec<Contract>,
+    contract_ids: FxMap<Box<str>, usize>,
     audit: Box<dyn Audit>,
     strict: bool,
     heavy_dir: Option<PathBuf>,
@@ -135,8 +147,8 @@ pub struct Engine {
     sizes: (usize, usize),
     record: RecordWriter,
     outbox: Outbox,
-    /// The empty task name of the decisions `decide` builds (see there).
-    no_task: Arc<str>,
+    /// The decision `decide_one` reuses (see there).
+    verdict: Option<Decision>,
 }
 
 fn now() -> (u64, u64) {
@@ -166,7 +178,8 @@ impl Engine {
         Ok(Engine {
             store,
             journal,
-            contracts: FxMap::default(),
+            contracts: Vec::new(),
+            contract_ids: FxMap::default(),
             audit,
             strict: config.strict,
             heavy_dir: config.heavy_dir,
@@ -178,7 +191,7 @@ impl Engine {
             sizes: (0, 0),
             record: RecordWriter::default(),
             outbox,
-            no_task: Arc::from(""),
+            verdict: None,
         })
     }
 
@@ -188,15 +201,21 @@ impl Engine {
                 "process and key names must not be empty".into(),
             ));
         }
-        let set = |keys: &[String]| keys.iter().map(|k| k.as_str().into()).collect();
+        let mut keys: FxMap<Box<str>, u8> = FxMap::default();
+        for (list, kind) in [(inputs, INPUT), (outputs, OUTPUT)] {
+            for k in list {
+                *keys.entry(k.as_str().into()).or_default() |= kind;
+            }
+        }
         let (name, pid) = self.store.dedup.intern(process);
-        let c = Contract {
-            name,
-            pid,
-            inputs: set(inputs),
-            outputs: set(outputs),
-        };
-        self.contracts.insert(process.into(), c);
+        let c = Contract { name, pid, keys };
+        match self.contract_ids.get(process) {
+            Some(&i) => self.contracts[i] = c,
+            None => {
+                self.contract_ids.insert(process.into(), self.contracts.len());
+                self.contracts.push(c);
+            }
+        }
         Ok(())
     }
 
@@ -413,12 +432,19 @@ impl Engine {
     }
 
     fn decide_one(&mut self, u: &Update<'_>, s: &Scratch<'_>, key: TaskKey, ctx: &Ctx<'_>, out: &mut BatchOut) {
-        let d = self.decide(u, s, key, ctx, out);
+        // One decision reused from update to update: resetting it costs no allocation and no
+        // reference count. Its task name is the update's: it is encoded with it (`encode_as`)
+        // and never leaves the engine, so no copy of the name is made.
+        let mut d = self.verdict.take().unwrap_or_else(|| {
+            Decision::new(Arc::from(""), Arc::from(""), 0, Status::Committed)
+        });
+        self.decide(u, s, key, ctx, out, &mut d);
         if d.status != Status::Committed {
             self.drop_heavy(s, out);
         }
         out.decision_at.push(self.decisions.len());
         d.encode_as(u.task, &mut self.decisions);
+        self.verdict = Some(d);
     }
 
     /// Hand the descriptors of an update that did not commit back to the sink to free (never
@@ -431,20 +457,38 @@ impl Engine {
         }
     }
 
-    fn decide(&mut self, u: &Update<'_>, s: &Scratch<'_>, key: TaskKey, ctx: &Ctx<'_>, out: &mut BatchOut) -> Decision {
+    /// Decide update `u` into `d` (whatever `d` held before is overwritten).
+    #[allow(clippy::too_many_arguments)]
+    fn decide(
+        &mut self,
+        u: &Update<'_>,
+        s: &Scratch<'_>,
+        key: TaskKey,
+        ctx: &Ctx<'_>,
+        out: &mut BatchOut,
+        d: &mut Decision,
+    ) {
         let dedup = &mut self.store.dedup;
-        if let Some(dup) = dedup.duplicate(key, u.task) {
-            return dup;
+        if dedup.duplicate_into(key, d) {
+            return;
         }
         dedup.observe(u.born_ms, ctx.now_ms);
         let now = (ctx.now_ms, ctx.now_us);
-        let (process, pid) = match self.contracts.get(u.process) {
-            Some(c) => (c.name.clone(), c.pid),
-            None => self.store.dedup.intern(u.process),
+        let contract = self.contract_ids.get(u.process).copied();
+        let pid = match contract.map(|i| &self.contracts[i]) {
+            Some(c) => {
+                if !Arc::ptr_eq(&d.process, &c.name) {
+                    d.process = c.name.clone();
+                }
+                c.pid
+            }
+            None => {
+                let (process, pid) = self.store.dedup.intern(u.process);
+                d.process = process;
+                pid
+            }
         };
-        // The task's name is the update's: the decision is encoded with it (`encode_as`) and
-        // never leaves the engine, so no copy of the name is made.
-        let mut d = Decision::new(self.no_task.clone(), process, u.attempt, Status::Committed);
+        d.reset(u.attempt, Status::Committed);
         if let Some(horizon) = self.store.dedup.expired(u.born_ms) {
             d.status = Status::Expired;
             d.rule = Some("dedup_horizon".into());
@@ -453,20 +497,19 @@ impl Engine {
                  earlier attempt may have committed, so this one is not",
                 u.born_ms.unwrap_or(0)
             );
-            return d;
+            return;
         }
-        let notes = self.judge(u, s, ctx, &mut d, out);
+        let notes = self.judge(u, s, contract, ctx, d, out);
         if let Some(notes) = &notes {
-            if self.conflict(u, s, &mut d) {
-                self.count(Failure::Conflict, &mut d, now.0, out);
+            if self.conflict(u, s, d) {
+                self.count(Failure::Conflict, d, now.0, out);
             } else {
-                self.commit(u, s, &mut d, out);
+                self.commit(u, s, d, out);
             }
-            self.record(u, (key, pid), &d, notes);
+            self.record(u, (key, pid), d, notes);
         } else {
-            self.record(u, (key, pid), &d, &[]);
+            self.record(u, (key, pid), d, &[]);
         }
-        d
     }
 
     /// Everything before CAS. Some(notes) when the update may commit; otherwise `d` holds
@@ -475,6 +518,7 @@ impl Engine {
         &mut self,
         u: &Update<'_>,
         s: &Scratch<'_>,
+        contract: Option<usize>,
         ctx: &Ctx<'_>,
         d: &mut Decision,
         out: &mut BatchOut,
@@ -495,7 +539,7 @@ impl Engine {
             self.count(Failure::Exception, d, now, out);
             return None;
         }
-        if let Err(reason) = self.contract(u, s) {
+        if let Err(reason) = self.contract(u, s, contract) {
             (d.status, d.reason, d.rule) = (Status::Rejected, reason, Some("contract".into()));
             self.count(Failure::Contract, d, now, out);
             return None;
@@ -592,12 +636,12 @@ impl Engine {
         }
     }
 
-    fn contract(&self, u: &Update<'_>, s: &Scratch<'_>) -> std::result::Result<(), String> {
-        let Some(c) = self.contracts.get(u.process) else {
+    fn contract(&self, u: &Update<'_>, s: &Scratch<'_>, contract: Option<usize>) -> std::result::Result<(), String> {
+        let Some(c) = contract.map(|i| &self.contracts[i]) else {
             return Err(format!("unknown process {}", u.process));
         };
         for f in &s.data {
-            if !c.outputs.contains(f.name) || f.name.starts_with("heavy.") {
+            if !c.declares(f.name, OUTPUT) || f.name.starts_with("heavy.") {
                 return Err(format!(
                     "write to undeclared or heavy key {} as a small value",
                     f.name
@@ -605,7 +649,7 @@ impl Engine {
             }
         }
         for h in &s.heavy {
-            if !c.outputs.contains(h.key) || !h.key.starts_with("heavy.") {
+            if !c.declares(h.key, OUTPUT) || !h.key.starts_with("heavy.") {
                 return Err(format!(
                     "heavy write to undeclared or non-heavy key {}",
                     h.key
@@ -615,7 +659,7 @@ impl Engine {
         if let Some((k, _)) = s
             .reads
             .iter()
-            .find(|(k, _)| !c.inputs.contains(*k) && !c.outputs.contains(*k))
+            .find(|(k, _)| !c.declares(k, INPUT | OUTPUT))
         {
             return Err(format!("read of undeclared key {k}"));
         }

@@ -233,6 +233,10 @@ impl Auditor {
 
 impl Audit for Auditor {
     fn admit(&mut self, process: &str, now_ms: u64) -> Result<(), String> {
+        // No process has a failure or a block yet (the common case): nothing to look up.
+        if self.states.is_empty() {
+            return Ok(());
+        }
         let Some(state) = self.states.get_mut(process) else {
             return Ok(());
         };
@@ -338,6 +342,9 @@ impl Audit for Auditor {
     }
 
     fn success(&mut self, process: &str) {
+        if self.states.is_empty() {
+            return;
+        }
         let Some(state) = self.states.get_mut(process) else {
             return;
         };
