@@ -214,6 +214,34 @@ def commit_index(frame: Any) -> tuple[list[str], list[int], int] | None:
     return ids, attempts, first
 
 
+def pack_event_index(first_version: int, count: int, keys: list[str]) -> bytes:
+    """Frame 2 of a COMMIT: `[first_version, count, keys]`, the message's events being
+    versions `first_version` .. `first_version + count - 1` and `keys` naming every key
+    they write (it may name more). A replica that keeps only some keys current can take
+    the versions without decoding the header when none of its keys is named
+    (docs/PROTOCOL.md, "The event index")."""
+    return _packer.pack([first_version, count, keys])  # type: ignore[no-any-return]
+
+
+def event_index(frame: Any) -> tuple[int, int, list[str]] | None:
+    """The (first version, count, keys) of an event index frame, or None when it is not a
+    well-formed one (the receiver then decodes the header, which is authoritative)."""
+    try:
+        value = unpack(_bytes(frame))
+    except DecodeError:
+        return None
+    if type(value) is not list or len(value) != 3:
+        return None
+    first, count, keys = value
+    if type(first) is not int or type(count) is not int or type(keys) is not list \
+            or first < 1 or count < 1:
+        return None
+    for key in keys:
+        if type(key) is not str:
+            return None
+    return first, count, keys
+
+
 def split_envelope(frames: list[Any]) -> tuple[bytes, list[Any]]:
     """Split a ROUTER-received message into (identity, frames)."""
     if len(frames) < 3:

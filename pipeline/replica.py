@@ -1,6 +1,8 @@
 """A worker's (or subscriber's) replica of the committed state.
 
-Built from a SNAPSHOT, then kept current by the sink's COMMIT events. Global versions grow
+Built from a SNAPSHOT, then kept current by the sink's COMMIT events. A worker keeps current
+only the keys its processes declare (the only ones its tasks can read or write): events
+that write none of them only advance the version (`advance`). Global versions grow
 by exactly one per commit, so an event whose version is not `version + 1` reveals a gap; the
 owner then asks for a fresh snapshot (events at or below the snapshot's version are skipped).
 """
@@ -45,6 +47,16 @@ class StateReplica:
                 self._values[key] = value
                 self._versions[key] = version
             self.version = version
+        return True
+
+    def advance(self, first: int, count: int) -> bool:
+        """Take the versions `first` .. `first + count - 1` of events that write no key this
+        replica keeps current (the owner checked their event index). False, with nothing
+        changed, unless they follow the replica's version: the owner then applies the
+        events themselves (which skips old ones and detects a gap)."""
+        if not self.synced or first != self.version + 1:
+            return False
+        self.version = first + count - 1
         return True
 
     def get(self, key: str, default: Any = None) -> Any:

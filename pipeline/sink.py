@@ -18,7 +18,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -56,6 +56,7 @@ class Sink:
                              dedup_max_entries=config.dedup_max_entries)
         for spec in self.specs.values():
             self.engine.register(spec.name, list(spec.inputs), list(spec.outputs))
+        self._outputs = {spec.name: spec.outputs for spec in self.specs.values()}
         self._fault = os.environ.get("PIPELINE_FAULT")
         self.heavy = HeavyStore(config.namespace)
         self._vetted: dict[bytes, str | None] = {}
@@ -289,11 +290,12 @@ class Sink:
         self.counters["commits"] += batch.commits
         for reason in batch.malformed:
             self._count_malformed(reason)
+        commit_index, event_index = _indexes(batch, self._outputs)
         if batch.events is not None:
-            self.events.send_multipart(proto.encode_raw(Cmd.COMMIT, batch.events))
+            self.events.send_multipart(proto.encode_raw(Cmd.COMMIT, batch.events,
+                                                        *event_index))
         self._submit_followups(batch.followups)
-        self._send_control(proto.encode_raw(Cmd.DECISION, batch.decisions,
-                                            *_commit_index(batch)))
+        self._send_control(proto.encode_raw(Cmd.DECISION, batch.decisions, *commit_index))
         # After the publish: adopting segments and freeing superseded ones is bookkeeping of
         # this thread (the journal already holds the commit), not on the commit's path.
         self._settle_heavy(batch, vetted, placed)
@@ -464,23 +466,57 @@ class Sink:
         }
 
 
-def _commit_index(batch: Batch) -> tuple[bytes, ...]:
+def _indexes(batch: Batch, outputs: Mapping[str, tuple[str, ...]]
+             ) -> tuple[tuple[bytes, ...], tuple[bytes, ...]]:
     """The DECISION's commit index frame when every decision of the batch is a plain
     commit (the broker and the producer then act on the commits without decoding the
-    header: docs/PROTOCOL.md, "The commit index"); otherwise no frame."""
-    n = len(batch)
-    if not n or batch.commits != n or batch.newly_blocked or batch.stop is not None:
-        return ()
-    ids, attempts = [], []
+    header: docs/PROTOCOL.md, "The commit index"), and the COMMIT's event index frame
+    (its versions and the declared outputs of the processes that committed: the engine
+    refused any other write, so they name every key written; "The event index"). Each
+    is () where it does not apply."""
+    n, commits = len(batch), batch.commits
+    if not commits:
+        return (), ()
+    if commits == n and not batch.newly_blocked and batch.stop is None:
+        ids, attempts, processes = [], [], set()
+        for d in batch:
+            if d.reason or d.rule is not None or d.level is not None or d.blocked:
+                break
+            ids.append(d.task)
+            attempts.append(d.attempt)
+            processes.add(d.process)
+        else:
+            first = batch[0].version
+            if batch[n - 1].version != first + n - 1:
+                return (), ()
+            return ((proto.pack_commit_index(ids, attempts, first),),
+                    _event_index(first, n, processes, outputs))
+    return (), _event_index_of(batch, outputs)
+
+
+def _event_index_of(batch: Batch, outputs: Mapping[str, tuple[str, ...]]) -> tuple[bytes, ...]:
+    """The event index of a batch that is not all plain commits (a slower walk)."""
+    first, count, processes = 0, 0, set()
     for d in batch:
-        if d.reason or d.rule is not None or d.level is not None or d.blocked:
+        if d.status == "committed":
+            if not count:
+                first = d.version
+            elif d.version != first + count:
+                return ()
+            count += 1
+            processes.add(d.process)
+    return _event_index(first, count, processes, outputs) if count == batch.commits else ()
+
+
+def _event_index(first: int, count: int, processes: set[str],
+                 outputs: Mapping[str, tuple[str, ...]]) -> tuple[bytes, ...]:
+    keys: set[str] = set()
+    for process in processes:
+        declared = outputs.get(process)
+        if declared is None:  # not a contract of ours: no index, the header says it all
             return ()
-        ids.append(d.task)
-        attempts.append(d.attempt)
-    first = batch[0].version
-    if batch[n - 1].version != first + n - 1:
-        return ()
-    return (proto.pack_commit_index(ids, attempts, first),)
+        keys.update(declared)
+    return (proto.pack_event_index(first, count, sorted(keys)),)
 
 
 def _frame_bytes(frame: Any) -> bytes:

@@ -41,6 +41,8 @@ from pipeline.replica import StateReplica
 
 log = logging.getLogger(__name__)
 
+_COMMIT_PREFIX = bytes((proto.VERSION, Cmd.COMMIT))
+
 AFTER_WAIT_S = 2.0  # run a task anyway if the replica has not caught up by then
 STALE_AFTER_S = 0.1  # waiting this long for an `after` version triggers a resync
 GATE_S = 0.2
@@ -61,6 +63,9 @@ class Worker:
         # A worker on another host than the sink: heavy outputs travel as blob frames.
         self._blobs: Callable[[], list[Any]] | None = getattr(self.heavy, "take_frames", None)
         self.replica = StateReplica()
+        # The keys our processes declare: the only ones a task here can read or write, so
+        # the only ones the replica must keep current (see _skip_commit).
+        self._interest = frozenset(k for spec in self.specs.values() for k in spec.keys)
         self.pending: deque[tuple[float, dict[str, Any]]] = deque()
         self.gate = KeyGate()
         self._stuck_reported = 0.0
@@ -152,6 +157,8 @@ class Worker:
             self._handle(sock, frames)
 
     def _handle(self, sock: zmq.Socket[Any], frames: list[bytes]) -> None:
+        if len(frames) == 3 and sock is self.events and self._skip_commit(frames):
+            return
         try:
             msg = proto.decode(frames)
         except DecodeError as exc:
@@ -196,6 +203,21 @@ class Worker:
             self.counters["resyncs"] += 1
             log.info("worker: gap in the commit stream at %d; resyncing", self.replica.version)
             self.request_snapshot()
+
+    def _skip_commit(self, frames: list[bytes]) -> bool:
+        """A COMMIT with an event index (docs/PROTOCOL.md) that writes none of the keys our
+        processes declare, following our replica's version, while none of our updates
+        waits for its commit: take its versions without decoding its events. False, with
+        nothing changed, when the header must be decoded."""
+        if frames[0] != _COMMIT_PREFIX or not self.replica.synced or not self.gate.idle():
+            return False
+        index = proto.event_index(frames[2])
+        if index is None:
+            return False
+        first, count, keys = index
+        if keys and not self._interest.isdisjoint(keys):
+            return False
+        return self.replica.advance(first, count)
 
     def _on_snapshot(self, header: dict[str, Any]) -> None:
         if self.replica.synced and header["version"] <= self.replica.version:
@@ -480,6 +502,10 @@ class KeyGate:
             self._by_task[task_id] = (deadline, keys)
             for key in keys:
                 self._keys[key] = (deadline, task_id)
+
+    def idle(self) -> bool:
+        """Whether no update of ours waits for its commit."""
+        return not self._by_task
 
     def release(self, task_ids: Any) -> None:
         if not self._by_task:

@@ -16,8 +16,17 @@ import zmq
 from pipeline._engine import Engine
 from pipeline.api import Decision, Status
 from pipeline.ledger import SubmitLedger
-from pipeline.protocol import Cmd, commit_index, decode, encode, encode_raw, pack_commit_index
-from pipeline.sink import _commit_index
+from pipeline.protocol import (
+    Cmd,
+    commit_index,
+    decode,
+    encode,
+    encode_raw,
+    event_index,
+    pack_commit_index,
+    pack_event_index,
+)
+from pipeline.sink import _indexes
 from tests.test_broker import Net, decision, task
 
 
@@ -40,6 +49,9 @@ def test_index_round_trip_and_refusals() -> None:
                 [[], [], 1], [["a"], [1], 0], {"a": 1}):
         assert commit_index(msgpack.packb(bad)) is None
     assert commit_index(b"\xc1") is None
+    assert event_index(pack_event_index(3, 2, ["a"])) == (3, 2, ["a"])
+    for bad in ([3, 2], [0, 1, []], [1, 0, []], [1, 1, [2]], [1, 1, "a"], [True, 1, []]):
+        assert event_index(msgpack.packb(bad)) is None
 
 
 def test_broker_finishes_indexed_commits_and_forwards_the_index(net: Net) -> None:
@@ -107,14 +119,18 @@ def test_sink_indexes_only_batches_of_plain_commits() -> None:
     engine.register("p", [], ["k"])
     plain = engine.apply_batch([msgpack.packb({"updates": [
         _update("a", "p", {"k": 1}), _update("b", "p")]})])
-    (index,) = _commit_index(plain)
+    (index,), (events,) = _indexes(plain, {"p": ("k",)})
     wire = msgpack.unpackb(plain.decisions)["decisions"]
     ids, attempts, first = commit_index(index)  # type: ignore[misc]
     assert ids == [d["task"] for d in wire] and attempts == [1, 1]
     assert [first, first + 1] == [d["version"] for d in wire]
+    assert event_index(events) == (first, 2, ["k"])
     mixed = engine.apply_batch([msgpack.packb({"updates": [
         _update("c", "p"), _update("d", "p", {"undeclared": 1})]})])
-    assert mixed.commits == 1 and _commit_index(mixed) == ()
+    assert mixed.commits == 1
+    index_frames, (events,) = _indexes(mixed, {"p": ("k",)})
+    assert index_frames == () and event_index(events) == (first + 2, 1, ["k"])
+    assert _indexes(mixed, {})[1] == ()  # a process the outputs do not name: no index
     engine.close()
 
 
@@ -153,3 +169,50 @@ def test_no_accepted_for_tasks_decided_before_their_fsync(
         assert n.expect(prod, Cmd.ACCEPTED)["ids"] == ["t2"]
     finally:
         n.close()
+
+
+def test_worker_takes_versions_from_the_event_index_only_when_no_key_of_its_matters(
+        tmp_path: Path) -> None:
+    """A COMMIT whose event index names none of the keys the worker's processes declare
+    only advances its replica; one naming such a key, one that does not follow the
+    replica's version, or one without an index is decoded (gaps still resync)."""
+    from pipeline.api import process, spec_of
+    from pipeline.config import Endpoints, WorkerConfig
+    from pipeline.worker import Worker
+
+    @process(inputs=["mine"], outputs=["mine"])
+    def p(ctx: Any) -> dict[str, Any]:
+        return {}
+
+    class NoHeavy:  # this test runs no task: no heavy zone (and no segment) is needed
+        def seal(self) -> None:
+            pass
+
+    ctx = zmq.Context()
+    w = Worker(WorkerConfig(endpoints=Endpoints.embedded(str(tmp_path)), app="x"),
+               specs={"p": spec_of(p)}, heavy=NoHeavy(), ctx=ctx)  # type: ignore[arg-type,dict-item]
+    try:
+        w.replica.load_snapshot({"version": 4, "state": {"mine": [4, 1], "other": [3, 0]}})
+
+        def commit(first: int, writes: list[dict[str, Any]], keys: list[str] | None) -> None:
+            events = [{"version": first + i, "task": f"t{first + i}", "process": "q",
+                       "writes": wr, "signals": []} for i, wr in enumerate(writes)]
+            frames = encode(Cmd.COMMIT, {"events": events})
+            if keys is not None:
+                frames.append(pack_event_index(first, len(events), keys))
+            w._handle(w.events, frames)
+
+        commit(5, [{"other": 1}, {"other": 2}], ["other"])  # skipped: versions only
+        assert (w.replica.version, w.replica.get("other")) == (6, 0)
+        commit(7, [{"mine": 9}], ["mine", "other"])  # a key of ours: decoded
+        assert (w.replica.version, w.replica.get("mine"), w.replica.key_version("mine")) \
+            == (7, 9, 7)
+        commit(8, [{"mine": 10}], None)  # no index: decoded
+        assert (w.replica.version, w.replica.get("mine")) == (8, 10)
+        commit(7, [{"mine": 11}], [])  # old versions: decoded and skipped
+        assert (w.replica.version, w.replica.get("mine")) == (8, 10)
+        commit(10, [{"other": 3}], ["other"])  # a gap: decoded, and a resync asked for
+        assert not w.replica.synced and w.counters["resyncs"] == 1
+    finally:
+        w.close()
+        ctx.term()
