@@ -21,6 +21,7 @@ runs what it holds, sends the updates, then DISCONNECT (see `drain`).
 from __future__ import annotations
 
 import logging
+import math
 import random
 import threading
 import time
@@ -50,6 +51,9 @@ STUCK_REPORT_S = 5.0  # a key written by an undecided update stays gated at most
 RECONNECT_BASE_S = 0.1  # back-off before re-registering: base * 2^(n-1), jittered, capped
 RECONNECT_MAX_S = 5.0
 DRAIN_S = 10.0  # the most a graceful stop spends finishing held tasks
+# Exported heavy pages turn read-only (mprotect, O(pages)) when the commit of their update
+# comes back, before any further task code runs, or at the latest this long after the send.
+SEAL_WAIT_S = 0.05
 
 
 class Worker:
@@ -75,6 +79,8 @@ class Worker:
         self.on_batch: Callable[[list[dict[str, Any]]], None] | None = None
         self._snapshot_sent = 0.0
         self._registered = False
+        self._unsealed: set[str] = set()  # tasks whose exported arrays await their seal
+        self._seal_by: float | None = None
         self._last_send = self._last_recv = time.monotonic()
         self._reconnects = 0  # consecutive re-registrations without hearing the broker
         self._register_at: float | None = None  # a re-registration waiting for its back-off
@@ -143,9 +149,13 @@ class Worker:
     def run_once(self, timeout_ms: int = 100) -> None:
         """One pass: receive what is ready, run runnable tasks, then housekeeping."""
         wait = 0 if self._runnable() else timeout_ms
+        if self._seal_by is not None:
+            wait = min(wait, max(0, math.ceil((self._seal_by - time.monotonic()) * 1000)))
         for sock, _ in self.poller.poll(wait):
             self._drain(sock)
         self._run_pending()
+        if self._seal_by is not None and time.monotonic() >= self._seal_by:
+            self._seal()
         self._housekeeping()
 
     def _drain(self, sock: zmq.Socket[Any]) -> None:
@@ -196,6 +206,8 @@ class Worker:
 
     def _on_commit(self, header: dict[str, Any]) -> None:
         self.gate.release(ev["task"] for ev in header["events"])
+        if self._unsealed and not self._unsealed.isdisjoint(ev["task"] for ev in header["events"]):
+            self._seal()
         if not self.replica.synced:
             self._buffered.extend(header["events"])
             return
@@ -307,7 +319,14 @@ class Worker:
             else:
                 self.updates.send_multipart(frames)
             self._hold_written(updates)
-            self._seal()  # off the critical path: the sink already has the descriptors
+            # Not sealed here: the mprotect (O(pages), 2 ms per 100 MB) could hold up ZeroMQ's
+            # I/O thread, which may not have sent the UPDATE yet (under load the sink got it
+            # only once the seal had ended). The commit coming back proves it was sent.
+            heavy = {u["task"] for u in updates if u["heavy"]}
+            if heavy:
+                self._unsealed |= heavy
+                if self._seal_by is None:
+                    self._seal_by = time.monotonic() + SEAL_WAIT_S
             if not self._draining:
                 self._owed += len(updates)
                 if self._owed >= self._return_at:
@@ -327,6 +346,8 @@ class Worker:
                 self.gate.hold(update["task"], [*update["data"], *update["heavy"]], deadline)
 
     def _seal(self) -> None:
+        self._unsealed.clear()
+        self._seal_by = None
         if self.heavy is not None:
             self.heavy.seal()
 
