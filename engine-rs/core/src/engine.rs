@@ -356,7 +356,9 @@ impl Engine {
         // de-duplication table prefetched, so that the table's cache miss overlaps the
         // decision before it. Decoding reads only the frame, so the order of effects is
         // unchanged.
-        let (mut ahead, mut now) = (Ahead::default(), Ahead::default());
+        // Two slots used in turn (no moves): one holds the update being decided, the other
+        // the next one.
+        let mut slots = [Ahead::default(), Ahead::default()];
         for (fi, frame) in frames.iter().enumerate() {
             let mut updates = match FrameUpdates::open(frame.as_ref()) {
                 Ok(f) => f,
@@ -366,10 +368,11 @@ impl Engine {
                 }
             };
             let mut ui = 0;
-            let mut next = self.read_ahead(&mut updates, &mut ahead);
+            let mut next = self.read_ahead(&mut updates, &mut slots[0]);
             while let Some(res) = next {
-                std::mem::swap(&mut ahead, &mut now);
-                next = self.read_ahead(&mut updates, &mut ahead);
+                let [now, ahead] = &mut slots;
+                let (now, ahead) = if ui % 2 == 0 { (now, ahead) } else { (ahead, now) };
+                next = self.read_ahead(&mut updates, ahead);
                 match res {
                     Ok(key) => self.decide_one(&now.u, &now.s, key, &ctx, &mut out),
                     Err(m) => out.malformed.push(format!("frame {fi} update {ui}: {m}")),
