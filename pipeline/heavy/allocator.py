@@ -110,9 +110,10 @@ class HeavyAllocator:
 
         The arrays are flagged read-only at once. The pages are made read-only (mprotect,
         O(pages): about 2 ms per 100 MB here) at once too, or, with `defer_seal`, at the next
-        `seal()`: the worker runtime seals right after handing the UPDATE to ZeroMQ and before
-        any further task code runs, which takes the mprotect off the commit's critical path.
-        (Only a thread the process itself left running could write in that window.)"""
+        `seal()`: the worker runtime seals when the update's COMMIT comes back, before any
+        further task code runs, or 50 ms after the send, whichever is first, which takes the
+        mprotect off the commit's critical path (docs/HEAVY.md). Only a thread the process
+        itself left running could write in that window."""
         arr = array if isinstance(array, np.ndarray) else np.asarray(array)
         descriptor.dtype_of(arr)
         if arr.nbytes < self.inline_threshold_bytes:
