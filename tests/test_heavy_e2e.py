@@ -3,6 +3,7 @@ real processes and real shared memory, without a copy; forged descriptors refuse
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import os
 import signal
@@ -15,6 +16,7 @@ import zmq
 
 from pipeline import Producer, Status, Subscriber
 from pipeline import protocol as proto
+from pipeline.aio import AsyncProducer
 from pipeline.config import Endpoints
 from pipeline.heavy import HeavyAllocator
 from pipeline.heavy.names import namespace_dir
@@ -58,6 +60,27 @@ def test_array_round_trip_is_zero_copy_and_read_only(cluster_factory):
         with pytest.raises(ValueError):
             scaled[0] = 1.0
         assert snap.values["scaled_sum"] == float((frame * 2).sum())
+        assert snap.values["frame_sum"] == float(frame.sum())
+        del scaled
+
+
+def test_async_producer_attaches_arrays(cluster_factory):
+    cluster = cluster_factory(app=APP, workers=1).start()
+    frame = np.arange(N, dtype=np.float64)
+
+    async def main() -> Any:
+        async with AsyncProducer(cluster.endpoints.frontend,
+                                 namespace=cluster.namespace) as producer:
+            handles = await producer.submit_many("scale", [{"factor": 3.0}] * 2,
+                                                 heavy={"frame": frame})
+            return [await h.result(timeout=30) for h in handles]
+
+    decisions = asyncio.run(asyncio.wait_for(main(), 60))
+    assert all(d.committed for d in decisions), [d.reason for d in decisions]
+    sub, snap = _state(cluster)
+    with sub:
+        scaled = sub.array(snap, "heavy.scaled")
+        assert np.array_equal(scaled, frame * 3)
         assert snap.values["frame_sum"] == float(frame.sum())
         del scaled
 
