@@ -36,6 +36,7 @@ from brokers.journal import MAX_RECORD_BYTES, Replayed, TaskJournal
 from brokers.state import Entry, RecentDecisions, TaskQueues, Worker
 from brokers.validate import (
     FINAL,
+    MAX_ID_CHARS,
     STATUSES,
     Refused,
     check_versions,
@@ -520,7 +521,27 @@ class Broker:
         invalid: dict[str, list[str]] = {}
         room = self.config.max_queue - len(self._entries)
         tasks, fresh, born = msg.header["tasks"], [], _wall_ms()
+        entries, recent, queues = self._entries, self._recent.ids(), self._queues
+        queue, queued = None, ""  # the queue of the last process seen: most SUBMITs have one
         for task in tasks:
+            # The usual task, inlined: well-formed (exact types, as task_problem's fast
+            # path), new, and room for it. It is queued as _enqueue(task, born=born) does.
+            if (type(task) is dict and type(tid := task.get("id")) is str
+                    and type(process := task.get("process")) is str
+                    and type(task.get("args")) is dict and task.get("heavy") is None
+                    and 0 < len(tid) <= MAX_ID_CHARS and process and room > 0
+                    and tid not in entries and tid not in recent):
+                room -= 1
+                task["born_ms"] = born
+                task["attempt"] = 1
+                task["after"] = 0
+                entries[tid] = entry = Entry(task, producer, True)
+                if process != queued:
+                    queue, queued = queues.queue(process), process
+                queue.append(entry)  # type: ignore[union-attr]
+                fresh.append(task)
+                accepted.append(tid)
+                continue
             problem = task_problem(task)
             if problem is not None:
                 invalid.setdefault(problem, []).append(task_id(task))
@@ -534,9 +555,14 @@ class Broker:
                 room -= 1
                 fresh.append(task)
                 self._enqueue(task, producer, journal=False, born=born)
+                queues.size -= 1  # counted with the others below
                 accepted.append(task["id"])
-        if fresh and self._journal is not None:
-            _journal_submitted(self._journal, self._raw, fresh, len(fresh) == len(tasks), born)
+        if fresh:
+            queues.size += len(fresh)  # those queued here (_enqueue counted its own)
+            self._dirty = True
+            if self._journal is not None:
+                _journal_submitted(self._journal, self._raw, fresh, len(fresh) == len(tasks),
+                                   born)
         self._answer_submit(producer, accepted, busy, invalid, answered)
 
     def _answer_submit(self, producer: bytes, accepted: list[str], busy: list[str],
@@ -719,7 +745,7 @@ class Broker:
             batch.append(e)
         if not producer or producer in self._results or len(set(ids)) != len(ids):
             return False
-        workers, recent = self._workers, self._recent
+        workers = self._workers
         wid, inflight = None, None
         for e in batch:
             if e.worker != wid:
@@ -730,8 +756,7 @@ class Broker:
                 inflight.pop(e.id, None)
             e.worker = None
             del entries[e.id]
-            recent.add_commit(e.id, e.process, e.task["attempt"], version)
-            version += 1
+        self._recent.add_commits(batch, version)
         self.counters["decided.committed"] += len(batch)
         if self._journal is not None:
             self._journal.decided_raw(raw, len(batch))  # as received: no re-encode

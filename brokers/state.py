@@ -11,7 +11,7 @@ from __future__ import annotations
 import heapq
 import itertools
 from collections import OrderedDict, deque
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from typing import Any
 
 
@@ -166,6 +166,11 @@ class TaskQueues:
                 del self.queues[p]
             self._ring = deque(p for p in self._ring if p in self.queues)
 
+    def queue(self, process: str) -> deque[Entry]:
+        """The queue of a process (made when new). A caller that appends to it adds the
+        count of what it appended to `size`."""
+        return self._queue(process)
+
     def _queue(self, process: str) -> deque[Entry]:
         q = self.queues.get(process)
         if q is None:
@@ -203,12 +208,23 @@ class RecentDecisions:
         if len(items) > self.limit:
             items.popitem(last=False)
 
-    def add_commit(self, task_id: str, process: str, attempt: int, version: int) -> None:
-        """A plain commit (what `add` keeps as a tuple), from a commit index."""
-        items = self._items
-        items[task_id] = (self._names.setdefault(process, process), attempt, version)
-        if len(items) > self.limit:
+    def add_commits(self, entries: list[Entry], version: int) -> None:
+        """Plain commits of these tasks, versions `version`, `version + 1`, ... in order
+        (from a commit index), kept as `add` keeps a plain commit."""
+        items, names, last, name = self._items, self._names, None, ""
+        for e in entries:
+            process = e.process
+            if process != last:
+                last = process
+                name = names.setdefault(process, process)
+            items[e.id] = (name, e.task["attempt"], version)
+            version += 1
+        for _ in range(len(items) - self.limit):
             items.popitem(last=False)
+
+    def ids(self) -> Collection[str]:
+        """The task ids held (a live view: `in` tests it at dict speed)."""
+        return self._items.keys()
 
     def get(self, task_id: str) -> dict[str, Any] | None:
         d = self._items.get(task_id)
