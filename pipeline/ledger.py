@@ -21,6 +21,8 @@ from pipeline.protocol import Cmd
 RESEND_CHUNK = 1000  # tasks per SUBMIT when sending again
 _RESULT_PREFIX = bytes((proto.VERSION, Cmd.RESULT))
 _COMMITTED = Status.COMMITTED
+_PLAIN = tuple(Decision._field_defaults[f] for f in Decision._fields[5:])  # reason, rule, ...
+_new = tuple.__new__
 
 
 class SubmitLedger:
@@ -36,8 +38,7 @@ class SubmitLedger:
     def sent(self, tasks: Iterable[dict[str, Any]]) -> None:
         if not self.unacked:
             self.heard = time.monotonic()  # the ack timeout starts with the first unacked
-        for task in tasks:
-            self.unacked[task["id"]] = task
+        self.unacked.update({task["id"]: task for task in tasks})
 
     def accepted(self, ids: Iterable[Any]) -> None:
         for tid in ids:
@@ -66,7 +67,10 @@ class SubmitLedger:
             task = undecided.get(tid) or unacked.get(tid)
             if task is None:
                 return None
-            out.append(Decision(tid, _COMMITTED, task["process"], attempt, version))
+            # Decision(tid, COMMITTED, process, attempt, version) without the NamedTuple's
+            # Python-level __new__ (a third of the cost): the same tuple, defaults spelled out
+            out.append(_new(Decision, (tid, _COMMITTED, task["process"], attempt, version,
+                                       *_PLAIN)))
             version += 1
         for tid in ids:
             if undecided.pop(tid, None) is None:

@@ -109,13 +109,18 @@ class Producer:
                     heavy: Mapping[str, Any] | None = None,
                     task_ids: list[str] | None = None) -> list[TaskHandle]:
         """Publish many tasks of one process in one message."""
-        tasks = []
-        for i, args in enumerate(args_list):
-            tid = task_ids[i] if task_ids else self._prefix + str(next(self._seq))
-            task: dict[str, Any] = {"id": tid, "process": process, "args": dict(args)}
-            if heavy:
-                task["heavy"] = self._attach(heavy)
-            tasks.append(task)
+        if task_ids or heavy:
+            tasks = []
+            for i, args in enumerate(args_list):
+                tid = task_ids[i] if task_ids else self._prefix + str(next(self._seq))
+                task: dict[str, Any] = {"id": tid, "process": process, "args": dict(args)}
+                if heavy:
+                    task["heavy"] = self._attach(heavy)
+                tasks.append(task)
+        else:  # the usual call, as one comprehension
+            prefix, seq = self._prefix, self._seq
+            tasks = [{"id": prefix + str(next(seq)), "process": process, "args": dict(args)}
+                     for args in args_list]
         self._send(tasks)
         return [TaskHandle(self, t["id"], process) for t in tasks]
 
@@ -248,8 +253,11 @@ class Producer:
                 ) -> list[Decision]:
         """Wait for many decisions (one deadline for all)."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        out = []
+        out, decisions = [], self._decisions
         for h in handles:
-            left = None if deadline is None else max(0.0, deadline - time.monotonic())
-            out.append(self.wait(h.id, left))
+            decision = decisions.pop(h.id, None)  # already here: what `wait` would return
+            if decision is None:
+                left = None if deadline is None else max(0.0, deadline - time.monotonic())
+                decision = self.wait(h.id, left)
+            out.append(decision)
         return out
