@@ -195,7 +195,11 @@ class Worker:
     def _on_dispatch(self, header: dict[str, Any]) -> None:
         now, pending = time.monotonic(), self.pending
         for task in header["tasks"]:
-            if _plain_task(task):
+            # the common well-formed task, checked with exact types (anything else takes
+            # `check_task`, which also accepts heavy attachments)
+            if (type(task) is dict and type(task.get("id")) is str
+                    and type(task.get("process")) is str and type(task.get("args")) is dict
+                    and task.get("heavy") is None):
                 pending.append((now, task))
                 continue
             try:
@@ -219,9 +223,11 @@ class Worker:
     def _skip_commit(self, frames: list[bytes]) -> bool:
         """A COMMIT with an event index (docs/PROTOCOL.md) that writes none of the keys our
         processes declare, following our replica's version, while none of our updates
-        waits for its commit: take its versions without decoding its events. False, with
+        waits for its commit (to free its keys or seal its arrays): take its versions
+        without decoding its events. False, with
         nothing changed, when the header must be decoded."""
-        if frames[0] != _COMMIT_PREFIX or not self.replica.synced or not self.gate.idle():
+        if frames[0] != _COMMIT_PREFIX or not self.replica.synced or not self.gate.idle() \
+                or self._unsealed:  # the commit of an update that exported arrays seals them
             return False
         index = proto.event_index(frames[2])
         if index is None:
@@ -295,15 +301,24 @@ class Worker:
         updates, ran, deferred, now = [], [], deque(), time.monotonic()
         if self._blobs is not None:
             self._blobs()  # frames are numbered per UPDATE: drop any left from elsewhere
-        while self.pending:
-            since, task = self.pending.popleft()
-            if not self._ready(since, task, now):
+        pending, gate, version = self.pending, self.gate, self.replica.version
+        held, wrote, seal = gate.held, False, True
+        while pending:
+            since, task = pending.popleft()
+            # ready at once: no `after` beyond our version, and no key held (`_ready`)
+            if (task.get("after", 0) > version or held) and not self._ready(since, task, now):
                 deferred.append((since, task))
                 continue
-            self._seal()  # no task code runs while an exported array is still writable
+            if seal:  # no task code runs while an exported array is still writable
+                self._seal()
+                seal = False
             update = self.execute(task, check=False)
             if update["data"] or update["heavy"]:  # later tasks of this batch must wait too
-                self.gate.hold(update["task"], [*update["data"], *update["heavy"]], now + GATE_S)
+                gate.hold(update["task"], [*update["data"], *update["heavy"]], now + GATE_S)
+                wrote = True
+            # only a task that exported arrays (an error may have come after an export)
+            # leaves something to seal before the next one runs
+            seal = bool(update["heavy"]) or update["error"] is not None
             updates.append(update)
             ran.append(task)
         self.pending = deferred
@@ -318,7 +333,8 @@ class Worker:
                 self.updates.send_multipart(frames, copy=False)
             else:
                 self.updates.send_multipart(frames)
-            self._hold_written(updates)
+            if wrote:
+                self._hold_written(updates)
             # Not sealed here: the mprotect (O(pages), 2 ms per 100 MB) could hold up ZeroMQ's
             # I/O thread, which may not have sent the UPDATE yet (under load the sink got it
             # only once the seal had ended). The commit coming back proves it was sent.
@@ -475,14 +491,6 @@ class Worker:
         self._last_send = time.monotonic()
 
 
-def _plain_task(task: Any) -> bool:
-    """The common well-formed task, checked with exact types (anything else takes
-    `check_task`, which also accepts heavy attachments)."""
-    return (type(task) is dict and type(task.get("id")) is str
-            and type(task.get("process")) is str and type(task.get("args")) is dict
-            and task.get("heavy") is None)
-
-
 def encode_updates(updates: list[dict[str, Any]], blobs: list[Any] | None = None) -> list[Any]:
     """UPDATE frames; heavy descriptors are also listed in frame 2 for the sink to vet.
 
@@ -509,20 +517,21 @@ class KeyGate:
     have been rejected, or have conflicted: no commit event comes then).
     """
 
-    __slots__ = ("_by_task", "_keys")
+    __slots__ = ("_by_task", "held")
 
     def __init__(self) -> None:
-        self._keys: dict[str, tuple[float, str]] = {}  # key -> (deadline, owning task)
+        # key -> (deadline, owning task); read only outside (empty: nothing is held)
+        self.held: dict[str, tuple[float, str]] = {}
         self._by_task: dict[str, tuple[float, list[str]]] = {}
 
     def __len__(self) -> int:
-        return len(self._keys)
+        return len(self.held)
 
     def hold(self, task_id: str, keys: list[str], deadline: float) -> None:
         if keys:
             self._by_task[task_id] = (deadline, keys)
             for key in keys:
-                self._keys[key] = (deadline, task_id)
+                self.held[key] = (deadline, task_id)
 
     def idle(self) -> bool:
         """Whether no update of ours waits for its commit."""
@@ -538,9 +547,9 @@ class KeyGate:
 
     def _drop(self, tid: str, keys: list[str]) -> None:
         for key in keys:
-            owner = self._keys.get(key)
+            owner = self.held.get(key)
             if owner is not None and owner[1] == tid:
-                del self._keys[key]
+                del self.held[key]
 
     def sweep(self, now: float) -> None:
         """Forget the holds whose deadline passed (their updates were never committed)."""
@@ -549,10 +558,10 @@ class KeyGate:
 
     def blocks(self, spec: ProcessSpec, now: float) -> bool:
         """Whether a key of `spec`'s contract is held (its key set is built only then)."""
-        if not self._keys:
+        if not self.held:
             return False
         for key in spec.keys:
-            held = self._keys.get(key)
+            held = self.held.get(key)
             if held is not None and held[0] > now:
                 return True
         return False
