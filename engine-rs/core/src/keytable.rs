@@ -25,8 +25,9 @@ const BLOCKED: u64 = 2 << 32;
 pub(crate) struct KeyTable {
     /// `slots * WORDS` words, zeroed (all slots empty) by the allocator.
     words: Vec<u64>,
-    /// Slots - 1 (slots is a power of two), or 0 with no slots.
-    mask: usize,
+    /// How many slots (any number: a key's home is picked by multiply-shift, so the table
+    /// can be sized to exactly what it needs).
+    slots: usize,
     len: usize,
 }
 
@@ -42,7 +43,16 @@ impl KeyTable {
 
     #[inline]
     fn home(&self, key: [u64; 2]) -> usize {
-        key[0] as usize & self.mask
+        ((u128::from(key[0]) * self.slots as u128) >> 64) as usize
+    }
+
+    #[inline]
+    fn after(&self, i: usize) -> usize {
+        if i + 1 == self.slots {
+            0
+        } else {
+            i + 1
+        }
     }
 
     #[inline]
@@ -80,7 +90,7 @@ impl KeyTable {
             if s[0] == key[0] && s[1] == key[1] {
                 return (i, true);
             }
-            i = (i + 1) & self.mask;
+            i = self.after(i);
         }
     }
 
@@ -130,12 +140,12 @@ impl KeyTable {
         // (each only towards its home), so no lookup ever stops early.
         let mut j = hole;
         loop {
-            j = (j + 1) & self.mask;
+            j = self.after(j);
             let s = self.slot(j);
             if s[4] & OCCUPIED == 0 {
                 break;
             }
-            let home = s[0] as usize & self.mask;
+            let home = self.home([s[0], s[1]]);
             // Movable if its home is not cyclically within (hole, j].
             let stays = if hole <= j {
                 hole < home && home <= j
@@ -152,15 +162,15 @@ impl KeyTable {
         Some(fin)
     }
 
-    /// Make room for `additional` more entries (the slots stay a power of two).
+    /// Make room for `additional` more entries.
     pub fn reserve(&mut self, additional: usize) {
         let want = self.len.saturating_add(additional);
         if want <= self.capacity() {
             return;
         }
-        let slots = want.saturating_mul(2).next_power_of_two().max(16);
+        let slots = want.saturating_mul(2).max(16);
         let old = std::mem::replace(&mut self.words, zeroed(slots * WORDS));
-        (self.mask, self.len) = (slots - 1, 0);
+        (self.slots, self.len) = (slots, 0);
         for s in old.chunks_exact(WORDS) {
             if s[4] & OCCUPIED != 0 {
                 let (i, _) = self.find([s[0], s[1]]);
