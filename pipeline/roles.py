@@ -20,6 +20,23 @@ log = logging.getLogger(__name__)
 
 Ready = Callable[[], None]
 
+# A role's loop allocates a few small containers per task (decoded maps, the broker's
+# entries) and frees nearly all of them soon, without cycles. At CPython's default gen0
+# threshold (700) the collector then ran about once per 200 tasks and scanned the role's
+# whole young heap each time: 0.5-0.9 us of CPU per task in the broker and in each worker.
+GC_THRESHOLDS = (10_000, 10, 10)
+
+
+def tune_gc() -> None:
+    """Before a role's loop: move what start-up made (modules, configuration, sockets) out of
+    the collector's sight (`gc.freeze`), and collect young objects less often. Cycles are
+    still collected, only later."""
+    import gc
+
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
+
 
 @contextlib.contextmanager
 def metrics_endpoint(settings: Settings, role: str, registry: Any) -> Iterator[int]:
@@ -51,6 +68,7 @@ def serve_broker(settings: Settings, ready: Ready, stop: threading.Event) -> int
         for sock in (broker.frontend, broker.backend, broker.control):
             apply_curve(sock, keys, server=True)
         on_pass = (lambda: metrics.maybe_refresh(broker.status)) if port else None
+        tune_gc()
         try:
             return serve(config, ready, stop, broker=broker, on_pass=on_pass)
         finally:
@@ -69,6 +87,7 @@ def serve_sink(settings: Settings, ready: Ready, stop: threading.Event) -> int:
         sink = Sink(config, ctx=ctx)
         if port:
             sink.engine = metrics.wrap(sink.engine)
+        tune_gc()
         try:
             return sink.run(ready=ready, stop=stop)
         finally:
@@ -87,6 +106,7 @@ def serve_worker(settings: Settings, ready: Ready, stop: threading.Event) -> int
         with metrics_endpoint(settings, "worker", metrics.registry) as port:
             if port:
                 worker.on_batch = metrics.on_batch
+            tune_gc()
             try:
                 return worker.run(ready=ready, stop=stop)
             finally:
