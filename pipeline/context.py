@@ -144,7 +144,7 @@ def build_context(task: Mapping[str, Any], spec: ProcessSpec, replica: StateRepl
 def to_update(ctx: TaskContext, result: Any, heavy: HeavyBackend | None) -> dict[str, Any]:
     """The wire Update for a process's result (see docs/PROTOCOL.md)."""
     if result is None or type(result) is dict:  # the common shorthand: data only
-        return _data_update(ctx, {} if result is None else dict(result))
+        return _data_update(ctx, dict(result) if result else {})
     upd = StateUpdate.coerce(result)
     heavy_out = _export_heavy(upd.heavy, heavy)
     reads = dict(ctx.reads)
@@ -169,14 +169,16 @@ def to_update(ctx: TaskContext, result: Any, heavy: HeavyBackend | None) -> dict
 
 
 def _data_update(ctx: TaskContext, data: dict[str, Any]) -> dict[str, Any]:
-    """`to_update` for a plain dict (or None): no heavy values, no outbox, no expect."""
-    reads = dict(ctx.reads)
+    """`to_update` for a plain dict (or None): no heavy values, no outbox, no expect, so
+    no `heavy`, `error`, `signals` or `tasks` field (absent means empty: docs/PROTOCOL.md)."""
+    reads = ctx.reads  # the process has returned: its context's reads become the update's
     if data:
         for key in data:
-            reads.setdefault(key, ctx.replica.key_version(key))
+            if key not in reads:
+                reads[key] = ctx.replica.key_version(key)
     return {"task": ctx.task_id, "process": ctx.process, "attempt": ctx.attempt,
-            "reads": reads, "base": ctx.version, "data": data, "heavy": {}, "error": None,
-            "signals": [], "tasks": [], "born_ms": ctx._task.get("born_ms")}
+            "reads": reads, "base": ctx.version, "data": data,
+            "born_ms": ctx._task.get("born_ms")}
 
 
 def _export_heavy(arrays: Mapping[str, Any], heavy: HeavyBackend | None) -> dict[str, Any]:

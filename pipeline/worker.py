@@ -313,12 +313,13 @@ class Worker:
                 self._seal()
                 seal = False
             update = self.execute(task, check=False)
-            if update["data"] or update["heavy"]:  # later tasks of this batch must wait too
-                gate.hold(update["task"], [*update["data"], *update["heavy"]], now + GATE_S)
+            arrays = update.get("heavy")  # absent from a plain update (docs/PROTOCOL.md)
+            if update["data"] or arrays:  # later tasks of this batch must wait too
+                gate.hold(update["task"], [*update["data"], *(arrays or ())], now + GATE_S)
                 wrote = True
             # only a task that exported arrays (an error may have come after an export)
             # leaves something to seal before the next one runs
-            seal = bool(update["heavy"]) or update["error"] is not None
+            seal = bool(arrays) or update.get("error") is not None
             updates.append(update)
             ran.append(task)
         self.pending = deferred
@@ -338,7 +339,7 @@ class Worker:
             # Not sealed here: the mprotect (O(pages), 2 ms per 100 MB) could hold up ZeroMQ's
             # I/O thread, which may not have sent the UPDATE yet (under load the sink got it
             # only once the seal had ended). The commit coming back proves it was sent.
-            heavy = {u["task"] for u in updates if u["heavy"]}
+            heavy = {u["task"] for u in updates if u.get("heavy")}
             if heavy:
                 self._unsealed |= heavy
                 if self._seal_by is None:
@@ -358,8 +359,9 @@ class Worker:
         batch took."""
         deadline = time.monotonic() + GATE_S
         for update in updates:
-            if update["data"] or update["heavy"]:
-                self.gate.hold(update["task"], [*update["data"], *update["heavy"]], deadline)
+            arrays = update.get("heavy")
+            if update["data"] or arrays:
+                self.gate.hold(update["task"], [*update["data"], *(arrays or ())], deadline)
 
     def _seal(self) -> None:
         self._unsealed.clear()
@@ -497,7 +499,7 @@ def encode_updates(updates: list[dict[str, Any]], blobs: list[Any] | None = None
     `blobs` (a worker on another host): the arrays that placeholders `{frame: i, ...}` name,
     appended from frame FIRST_BLOB_FRAME on; one no update refers to any more (its update
     became an error) is sent as an empty frame, so that the numbering holds."""
-    heavy = [desc for u in updates for desc in u["heavy"].values()]
+    heavy = [desc for u in updates if (h := u.get("heavy")) for desc in h.values()]
     frames = proto.encode(Cmd.UPDATE, {"updates": updates})
     if heavy or blobs:
         frames.append(proto.pack(heavy))
