@@ -26,7 +26,10 @@ with `k` naming the kind:
 
     {k: "b", h: bin, ts: int}              submitted: a whole SUBMIT header `{tasks: [Task]}`
                                            as received (every task in it was accepted), and
-                                           the `born_ms` the broker gave its tasks
+                                           the `born_ms` the broker gave its tasks; written
+                                           by a compaction without `ts` (each task keeps its
+                                           own), followed by "x" records for those of its
+                                           tasks that were dispatched
     {k: "e", h: bin}                       decided: a whole DECISION header `{decisions: [...]}`
                                            as received (every decision in it was final)
 
@@ -53,7 +56,7 @@ import struct
 import threading
 import zlib
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -155,6 +158,48 @@ def _pending_record(task: dict[str, Any], failures: int, attempt: int, started: 
     if started:
         rec["x"] = 1
     return rec
+
+
+COMPACT_BATCH_BYTES = 4 * 1024 * 1024  # the most task bytes one compacted "b" record holds
+
+
+def _compacted(pending: list[tuple[dict[str, Any], int, int, bool]]) -> Iterator[bytes]:
+    """The records of a compaction for the pending tasks, in order. A run of tasks that
+    never lost an attempt is one "b" record (its tasks keep their own `born_ms`: no `ts`)
+    and the dispatched ones among them one "x" record per stamp; any other task is an "s"
+    record, as before. About a quarter of the CPU of one record per task."""
+    run: list[bytes] = []
+    size = 0
+    stamps: dict[int, list[str]] = {}  # born_ms -> ids of dispatched tasks, in order
+    for task, failures, attempt, started in pending:
+        born = task.get("born_ms")
+        if failures or (started and type(born) is not int):
+            if run:
+                yield _batch_record(run)
+                run, size = [], 0
+            yield _frame(_pending_record(task, failures, attempt, started))
+            continue
+        packed = _packer.pack(task)
+        if size + len(packed) > COMPACT_BATCH_BYTES and run:
+            yield _batch_record(run)
+            run, size = [], 0
+        run.append(packed)
+        size += len(packed)
+        if started:
+            stamps.setdefault(born, []).append(task["id"])  # type: ignore[arg-type]
+    if run:
+        yield _batch_record(run)
+    for born, ids in stamps.items():
+        yield _frame({"k": "x", "ids": ids, "ts": born})
+
+
+def _batch_record(packed_tasks: list[bytes]) -> bytes:
+    """A "b" record (no `ts`) of tasks already packed one by one."""
+    header = _TASKS_KEY + _packer.pack_array_header(len(packed_tasks)) + b"".join(packed_tasks)
+    return _frame({"k": "b", "h": header})
+
+
+_TASKS_KEY = _packer.pack_map_header(1) + _packer.pack("tasks")
 
 
 def _unpack(data: bytes) -> dict[str, Any]:
@@ -424,7 +469,7 @@ class TaskJournal:
                  dead: list[tuple[dict[str, Any], dict[str, Any]]]) -> None:
         tmp = self.path.with_suffix(".compact")
         with tmp.open("wb") as f:
-            f.write(b"".join(_frame(_pending_record(*p)) for p in pending))
+            f.write(b"".join(_compacted(pending)))
             f.write(b"".join(_frame({"k": "l", "t": t, "x": x}) for t, x in dead))
             f.flush()
             os.fsync(f.fileno())

@@ -148,7 +148,8 @@ def test_compaction_keeps_only_live_tasks(make_net: Callable[..., Net], tmp_path
     net.clock.advance(0.06)
     net.broker.run_once(0)
     assert net.broker.status()["journal"]["compactions"] == 1
-    assert _journal_kinds(net) == ["s", "s"]
+    # the two live tasks in one "b" record, and their dispatch stamp in one "x" record
+    assert _journal_kinds(net) == ["s", "s", "x"]
     net.restart()
     assert net.broker.status()["tasks"] == 2
 
@@ -330,3 +331,28 @@ def test_lost_attempts_count_across_restarts_and_compaction(make_net: Callable[.
     admin = net.dealer(net.config.control)
     (letter,) = _dlq(net, admin, Cmd.DLQ_LIST)["items"]
     assert (letter["failures"], letter["attempt"], letter["rule"]) == (3, 3, "max_attempts")
+
+
+def test_compaction_batches_keep_order_stamps_starts_and_failures(tmp_path: Path) -> None:
+    """A compaction writes runs of tasks that never lost an attempt as "b" records and
+    their dispatch stamps as "x" records: replay gives back the same pending tasks, in
+    order, with the same born_ms, started flags and (failures, attempt)."""
+    pending = []
+    for i in range(12):
+        t = {"id": f"t{i}", "process": "p", "args": {"i": i}, "born_ms": 1000 + i // 4}
+        failures = 2 if i in (5, 9) else 0
+        pending.append((t, failures, failures + 1, i % 3 != 0))
+    journal = TaskJournal(tmp_path)
+    journal.replay()
+    journal.compact(pending, [])
+    journal.close()
+    again = TaskJournal(tmp_path)
+    state = again.replay()
+    again.close()
+    assert list(state.pending) == [t["id"] for t, *_ in pending]
+    assert [state.pending[t["id"]]["born_ms"] for t, *_ in pending] == \
+        [t["born_ms"] for t, *_ in pending]
+    assert state.started == {t["id"] for t, _, _, started in pending if started}
+    assert state.failures == {"t5": (2, 3), "t9": (2, 3)}
+    kinds = [r["k"] for r in read_records(tmp_path / FILE_NAME)[0]]
+    assert kinds.count("s") == 2 and kinds.count("b") == 3 and "x" in kinds
