@@ -107,12 +107,17 @@ class TaskQueues:
         eligible = [p for p in self._ring if queues[p] and p in processes and p not in blocked]
         if not eligible or n <= 0:
             return []
-        out: list[Entry] = []
+        out: list[Entry]
         if len(eligible) == 1:
             q = queues[eligible[0]]
-            out.extend(q.popleft() for _ in range(min(n, len(q))))
+            if n >= len(q):
+                out = list(q)
+                q.clear()
+            else:
+                out = [q.popleft() for _ in range(n)]
             last = eligible[0]
         else:
+            out = []
             last = self._round_robin(eligible, n, out)
         self.size -= len(out)
         self._ring.rotate(-(self._ring.index(last) + 1))
