@@ -70,6 +70,14 @@ impl<'a> Reader<'a> {
             .ok_or("truncated")
     }
 
+    /// Consume an empty array (`[]`, 0x90) if one is next; its byte if it was.
+    #[inline]
+    pub fn empty_array(&mut self) -> Option<&'a [u8]> {
+        let b = self.buf.get(self.pos..self.pos + 1).filter(|b| b[0] == 0x90)?;
+        self.pos += 1;
+        Some(b)
+    }
+
     /// Consume a nil if one is next; true if it was.
     #[inline]
     pub fn try_nil(&mut self) -> DecodeResult<bool> {

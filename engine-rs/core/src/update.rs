@@ -490,6 +490,9 @@ fn error(r: &mut Reader<'_>) -> Result<Option<ErrorInfo>, Malformed> {
 
 /// `[{topic: str, payload: bin}]`, checked, returned raw.
 fn signals<'a>(r: &mut Reader<'a>) -> Result<&'a [u8], Malformed> {
+    if let Some(empty) = r.empty_array() {
+        return Ok(empty);
+    }
     let raw = at("signals", r.raw())?;
     let mut s = Reader::new(raw);
     for _ in 0..at("signals", s.array_len())? {
@@ -518,6 +521,9 @@ fn signals<'a>(r: &mut Reader<'a>) -> Result<&'a [u8], Malformed> {
 
 /// `[{process: str, args: map}]`, checked, returned raw.
 fn tasks<'a>(r: &mut Reader<'a>) -> Result<&'a [u8], Malformed> {
+    if let Some(empty) = r.empty_array() {
+        return Ok(empty);
+    }
     let raw = at("tasks", r.raw())?;
     let mut s = Reader::new(raw);
     for _ in 0..at("tasks", s.array_len())? {
