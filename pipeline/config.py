@@ -93,7 +93,7 @@ class SinkConfig:
     # task's first dispatch, and for how many decisions the sink remembers a task id. 0: no
     # bound of that kind.
     dedup_window_s: float = 3600.0
-    dedup_max_entries: int = 10_000_000
+    dedup_max_entries: int = 5_000_000  # about 150 bytes each: 750 MB when full
     # CurveZMQ keys (set from [security] by the CLI; not a file setting itself).
     curve: CurveKeys | None = None
 

@@ -11,7 +11,7 @@ Every decision is counted by status: a soak whose tasks did not all commit raise
 
 The sink remembers decided task ids for exactly-once, in a table bounded by the
 de-duplication horizon (`[sink] dedup_max_entries`, `dedup_window_s`). Its default bound
-(10 million) is larger than a soak; the soak sets `dedup_max_entries` (default
+(5 million) is larger than a soak; the soak sets `dedup_max_entries` (default
 `SOAK_DEDUP_MAX_ENTRIES`) so that the table reaches its bound within the first half, and
 reports the table's figures at the end: memory is flat once the bound is reached.
 """
