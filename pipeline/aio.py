@@ -23,6 +23,7 @@ import os
 import time
 import uuid
 from collections.abc import Iterable, Mapping
+from functools import partial
 from typing import Any
 
 import zmq
@@ -32,7 +33,7 @@ from zmq.utils.monitor import parse_monitor_message
 from pipeline import protocol as proto
 from pipeline.api import Decision
 from pipeline.errors import DecodeError, PipelineError, TaskTimeout
-from pipeline.ledger import SubmitLedger, rejection
+from pipeline.ledger import SubmitLedger, rejection, task_maps
 from pipeline.protocol import Cmd
 
 log = logging.getLogger(__name__)
@@ -140,14 +141,11 @@ class AsyncProducer:
         exported here, in the caller's thread: each becomes read-only (an mprotect, about
         1-2 ms per 100 MB) before the call returns."""
         loop = asyncio.get_running_loop()
-        tasks: list[dict[str, Any]] = []
+        tasks = task_maps(process, args_list, self._prefix, self._seq, task_ids,
+                          partial(self._attach, heavy) if heavy else None)
         handles: list[AsyncTaskHandle] = []
-        for i, args in enumerate(args_list):
-            tid = task_ids[i] if task_ids else self._prefix + str(next(self._seq))
-            task: dict[str, Any] = {"id": tid, "process": process, "args": dict(args)}
-            if heavy:
-                task["heavy"] = self._attach(heavy)
-            tasks.append(task)
+        for task in tasks:
+            tid = task["id"]
             future = self._futures.get(tid) or loop.create_future()
             self._futures[tid] = future
             handles.append(AsyncTaskHandle(tid, process, future))

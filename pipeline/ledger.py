@@ -10,7 +10,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 from pipeline import protocol as proto
@@ -23,6 +23,24 @@ _RESULT_PREFIX = bytes((proto.VERSION, Cmd.RESULT))
 _COMMITTED = Status.COMMITTED
 _PLAIN = tuple(Decision._field_defaults[f] for f in Decision._fields[5:])  # reason, rule, ...
 _new = tuple.__new__
+
+
+def task_maps(process: str, args_list: Iterable[Mapping[str, Any]], prefix: str,
+              seq: Iterator[int], task_ids: list[str] | None = None,
+              heavy: Callable[[], dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+    """The Task maps of one `submit_many` (both producers): ids from `task_ids`, else
+    `prefix` + the next number of `seq`; `heavy()` gives each task its attachments."""
+    if not task_ids and heavy is None:  # the usual call, as one comprehension
+        return [{"id": prefix + str(next(seq)), "process": process, "args": dict(args)}
+                for args in args_list]
+    tasks = []
+    for i, args in enumerate(args_list):
+        tid = task_ids[i] if task_ids else prefix + str(next(seq))
+        task: dict[str, Any] = {"id": tid, "process": process, "args": dict(args)}
+        if heavy is not None:
+            task["heavy"] = heavy()
+        tasks.append(task)
+    return tasks
 
 
 class SubmitLedger:

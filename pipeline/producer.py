@@ -19,6 +19,7 @@ import os
 import time
 import uuid
 from collections.abc import Iterable, Iterator, Mapping
+from functools import partial
 from typing import Any
 
 import zmq
@@ -27,7 +28,7 @@ from zmq.utils.monitor import recv_monitor_message
 from pipeline import protocol as proto
 from pipeline.api import Decision
 from pipeline.errors import DecodeError, PipelineError, TaskTimeout
-from pipeline.ledger import SubmitLedger, rejection
+from pipeline.ledger import SubmitLedger, rejection, task_maps
 from pipeline.protocol import Cmd
 
 
@@ -109,18 +110,8 @@ class Producer:
                     heavy: Mapping[str, Any] | None = None,
                     task_ids: list[str] | None = None) -> list[TaskHandle]:
         """Publish many tasks of one process in one message."""
-        if task_ids or heavy:
-            tasks = []
-            for i, args in enumerate(args_list):
-                tid = task_ids[i] if task_ids else self._prefix + str(next(self._seq))
-                task: dict[str, Any] = {"id": tid, "process": process, "args": dict(args)}
-                if heavy:
-                    task["heavy"] = self._attach(heavy)
-                tasks.append(task)
-        else:  # the usual call, as one comprehension
-            prefix, seq = self._prefix, self._seq
-            tasks = [{"id": prefix + str(next(seq)), "process": process, "args": dict(args)}
-                     for args in args_list]
+        tasks = task_maps(process, args_list, self._prefix, self._seq, task_ids,
+                          partial(self._attach, heavy) if heavy else None)
         self._send(tasks)
         return [TaskHandle(self, t["id"], process) for t in tasks]
 

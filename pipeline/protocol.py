@@ -195,11 +195,8 @@ def pack_commit_index(ids: list[str], attempts: list[int], first_version: int) -
 def commit_index(frame: Any) -> tuple[list[str], list[int], int] | None:
     """The (ids, attempts, first version) of a commit index frame, or None when it is not
     a well-formed one (the receiver then decodes the header, which is authoritative)."""
-    try:
-        value = unpack(_bytes(frame))
-    except DecodeError:
-        return None
-    if type(value) is not list or len(value) != 3:
+    value = _triple(frame)
+    if value is None:
         return None
     ids, attempts, first = value
     if (type(ids) is not list or type(attempts) is not list or type(first) is not int
@@ -226,11 +223,8 @@ def pack_event_index(first_version: int, count: int, keys: list[str]) -> bytes:
 def event_index(frame: Any) -> tuple[int, int, list[str]] | None:
     """The (first version, count, keys) of an event index frame, or None when it is not a
     well-formed one (the receiver then decodes the header, which is authoritative)."""
-    try:
-        value = unpack(_bytes(frame))
-    except DecodeError:
-        return None
-    if type(value) is not list or len(value) != 3:
+    value = _triple(frame)
+    if value is None:
         return None
     first, count, keys = value
     if type(first) is not int or type(count) is not int or type(keys) is not list \
@@ -240,6 +234,15 @@ def event_index(frame: Any) -> tuple[int, int, list[str]] | None:
         if type(key) is not str:
             return None
     return first, count, keys
+
+
+def _triple(frame: Any) -> list[Any] | None:
+    """An index frame's msgpack array of three fields, or None."""
+    try:
+        value = unpack(_bytes(frame))
+    except DecodeError:
+        return None
+    return value if type(value) is list and len(value) == 3 else None
 
 
 def split_envelope(frames: list[Any]) -> tuple[bytes, list[Any]]:
