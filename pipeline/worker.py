@@ -46,6 +46,7 @@ _COMMIT_PREFIX = bytes((proto.VERSION, Cmd.COMMIT))
 
 AFTER_WAIT_S = 2.0  # run a task anyway if the replica has not caught up by then
 STALE_AFTER_S = 0.1  # waiting this long for an `after` version triggers a resync
+UNSENT_RETRY_S = 0.02  # a SNAPSHOT_REQ that found no live connection is tried again after
 GATE_S = 0.2
 STUCK_REPORT_S = 5.0  # a key written by an undecided update stays gated at most this long
 RECONNECT_BASE_S = 0.1  # back-off before re-registering: base * 2^(n-1), jittered, capped
@@ -73,7 +74,8 @@ class Worker:
         self.pending: deque[tuple[float, dict[str, Any]]] = deque()
         self.gate = KeyGate()
         self._stuck_reported = 0.0
-        self.counters: dict[str, int] = {"tasks": 0, "errors": 0, "resyncs": 0, "malformed": 0}
+        self.counters: dict[str, int] = {"tasks": 0, "errors": 0, "resyncs": 0, "malformed": 0,
+                                         "snapshot.unsent": 0}
         self._buffered: list[dict[str, Any]] = []
         # Called with each batch of updates sent (pipeline.metrics.WorkerMetrics.on_batch).
         self.on_batch: Callable[[list[dict[str, Any]]], None] | None = None
@@ -99,15 +101,20 @@ class Worker:
         self.updates = self._socket(zmq.PUSH, ep.updates)
         self.events = self._socket(zmq.SUB, ep.events)
         self.events.setsockopt(zmq.SUBSCRIBE, bytes((proto.VERSION, Cmd.COMMIT)))
-        self.sync = self._socket(zmq.DEALER, ep.sync)
+        # IMMEDIATE: a SNAPSHOT_REQ is queued only on a live connection. Without it, requests
+        # repeated while the sink is down would pile up and each get a full snapshot once
+        # it is back.
+        self.sync = self._socket(zmq.DEALER, ep.sync, immediate=True)
         self.poller = zmq.Poller()
         for sock in (self.backend, self.events, self.sync):
             self.poller.register(sock, zmq.POLLIN)
 
-    def _socket(self, kind: int, endpoint: str) -> zmq.Socket[Any]:
+    def _socket(self, kind: int, endpoint: str, *, immediate: bool = False) -> zmq.Socket[Any]:
         sock = self.ctx.socket(kind)
         sock.setsockopt(zmq.LINGER, 1000)
         sock.setsockopt(zmq.MAXMSGSIZE, self.config.max_message_bytes)
+        if immediate:
+            sock.setsockopt(zmq.IMMEDIATE, 1)
         sock.connect(endpoint)
         return sock
 
@@ -273,7 +280,12 @@ class Worker:
     def request_snapshot(self) -> None:
         self.replica.synced = False
         self._snapshot_sent = time.monotonic()
-        self.sync.send_multipart(proto.encode(Cmd.SNAPSHOT_REQ, {"keys": None}))
+        try:
+            self.sync.send_multipart(proto.encode(Cmd.SNAPSHOT_REQ, {"keys": None}),
+                                     zmq.NOBLOCK)
+        except zmq.Again:  # no live connection to the sink yet: ask again shortly
+            self.counters["snapshot.unsent"] += 1
+            self._snapshot_sent -= self.config.snapshot_timeout_ms / 1000 - UNSENT_RETRY_S
 
     def _register(self) -> None:
         self._owed = 0  # a fresh registration gives the broker the whole credit

@@ -3,6 +3,7 @@ sockets owned by the test (real ipc:// sockets; the worker is stepped with run_o
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -145,3 +146,34 @@ def _drain_and_check(fakes: Fakes) -> None:
     while fakes.backend.poll(200):
         cmds.append(_cmd(fakes.backend.recv_multipart()))
     assert Cmd.READY not in cmds and cmds[-1] is Cmd.DISCONNECT
+
+
+def test_snapshot_requests_do_not_pile_up_while_the_sink_is_down(tmp_path: Path) -> None:
+    """Asked again every snapshot timeout while the sink is away, the worker must not have
+    queued one request per timeout: the sink coming back answers one, not a pile."""
+    fakes = Fakes(tmp_path)
+    try:
+        fakes.sync.close(linger=0)  # the sink goes away (its endpoint is gone)
+        fakes.worker.config = dataclasses.replace(fakes.worker.config, snapshot_timeout_ms=20)
+        fakes.worker.request_snapshot()
+        deadline = time.monotonic() + 0.5
+        while time.monotonic() < deadline:
+            fakes.worker.run_once(5)
+        assert fakes.worker.counters["snapshot.unsent"] >= 5
+        fakes.sync = fakes._bind(zmq.ROUTER, fakes.ep.sync)  # the sink is back
+        requests = 0
+        deadline = time.monotonic() + 1.0
+        while time.monotonic() < deadline and not fakes.worker.replica.synced:
+            fakes.worker.run_once(5)
+            while fakes.sync.poll(0):
+                ident, *_ = fakes.sync.recv_multipart()
+                requests += 1
+                fakes.sync.send_multipart([ident, *encode(Cmd.SNAPSHOT,
+                                                         {"version": 0, "state": {}})])
+        assert fakes.worker.replica.synced
+        while fakes.sync.poll(100):  # nothing else was queued behind the one answered
+            fakes.sync.recv_multipart()
+            requests += 1
+        assert requests == 1
+    finally:
+        fakes.close()
