@@ -69,8 +69,7 @@ class Rig:
 
     def close(self) -> None:
         self.stop()
-        self.fake.control.close(0)
-        self.fake.push.close(0)
+        self.fake.close()
         self.ctx.term()
         purge_namespace(namespace_dir(self.ns))
 

@@ -162,12 +162,20 @@ class FakeBroker:
         frames = proto.encode(Cmd.UPDATE, {"updates": [update]})
         if index is not None:
             frames.append(proto.pack(index))
-        self.push.send_multipart(frames)
+        return self.exchange(frames)
+
+    def exchange(self, frames: list[Any]) -> dict[str, Any] | None:
+        """Push one UPDATE message; the first decision of the sink's DECISION for it."""
+        self.push.send_multipart(frames, copy=False)
         while self.control.poll(10_000):
             msg = proto.decode(self.control.recv_multipart()[1:])
             if msg.cmd is Cmd.DECISION:
                 return msg.header["decisions"][0] if msg.header["decisions"] else None
         raise AssertionError("no decision from the sink")
+
+    def close(self) -> None:
+        self.control.close(0)
+        self.push.close(0)
 
 
 def _forgeries(good: dict[str, Any], victim: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -243,8 +251,7 @@ def test_forged_descriptors_are_refused_and_the_sink_keeps_running(run_dir):
     finally:
         stop_children([sink])
         alloc.close()
-        fake.control.close(0)
-        fake.push.close(0)
+        fake.close()
         ctx.term()
         from pipeline.heavy import purge_namespace
 

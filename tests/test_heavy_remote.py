@@ -20,6 +20,7 @@ from pipeline.heavy import names, purge_namespace
 from pipeline.heavy.remote import c_strides, is_remote
 from pipeline.protocol import Cmd
 from pipeline.runner import spawn, stop_children
+from tests.test_heavy_e2e import FakeBroker
 
 pytestmark = pytest.mark.timeout(120)
 APP = "tests.apps.heavy_remote"
@@ -105,32 +106,17 @@ def test_remote_inputs_are_fetched_once_per_version(cluster_factory):
 
 
 # -- placeholders sent straight to a real sink ----------------------------------------------
-class FakeWorker:
-    """Pushes hand-made UPDATEs to the sink; reads its decisions as the broker would."""
+class FakeWorker(FakeBroker):
+    """Pushes hand-made UPDATEs with blob frames to the sink; reads its decisions as the
+    broker would."""
 
-    def __init__(self, ctx: zmq.Context, ep: Endpoints) -> None:
-        self.control = ctx.socket(zmq.ROUTER)
-        self.control.bind(ep.control)
-        self.push = ctx.socket(zmq.PUSH)
-        self.push.connect(ep.updates)
-
-    def decide(self, task: str, value: Any, blobs: list[Any]) -> dict[str, Any] | None:
+    def decide_blobs(self, task: str, value: Any, blobs: list[Any]) -> dict[str, Any] | None:
         update = {"task": task, "process": "fill", "attempt": 1, "worker": "remote",
                   "reads": {"heavy.result": 0}, "base": 0, "args": {}, "data": {},
                   "heavy": {"heavy.result": value}, "error": None, "signals": [], "tasks": [],
                   "run_us": 1}
-        frames = [*proto.encode(Cmd.UPDATE, {"updates": [update]}), proto.pack([value]),
-                  *blobs]
-        self.push.send_multipart(frames, copy=False)
-        while self.control.poll(10_000):
-            msg = proto.decode(self.control.recv_multipart()[1:])
-            if msg.cmd is Cmd.DECISION:
-                return msg.header["decisions"][0] if msg.header["decisions"] else None
-        raise AssertionError("no decision from the sink")
-
-    def close(self) -> None:
-        self.control.close(0)
-        self.push.close(0)
+        return self.exchange([*proto.encode(Cmd.UPDATE, {"updates": [update]}),
+                              proto.pack([value]), *blobs])
 
 
 def _placeholder(frame: int = 3, n: int = N, **change: Any) -> dict[str, Any]:
@@ -166,14 +152,14 @@ def test_bad_placeholders_are_refused_and_the_sink_keeps_running(run_dir):
                                 [blob]),
         }
         for i, (case, (ph, blobs)) in enumerate(cases.items()):
-            d = fake.decide(f"bad-{i}", ph, blobs)
+            d = fake.decide_blobs(f"bad-{i}", ph, blobs)
             assert d is not None, case
             assert (d["status"], d["rule"]) == ("rejected", "heavy"), (case, d)
             assert "heavy frame refused" in d["reason"], (case, d["reason"])
         status = _status(ep.sync)
         assert status["malformed"].get("heavy-placeholder") == len(cases)
         assert status["heavy"]["segments"] == 0  # nothing placed, nothing left
-        fine = fake.decide("fine", _placeholder(), [blob])
+        fine = fake.decide_blobs("fine", _placeholder(), [blob])
         assert fine is not None and fine["status"] == "committed", fine
         assert _status(ep.sync)["heavy"]["segments"] == 1
         assert sink.alive()
