@@ -72,10 +72,9 @@ def test_accepted_means_journaled_and_a_restart_queues_undecided_tasks(jnet: Net
     assert [d["task"] for d in got] == ["t2"]  # t3's producer never came back
 
 
-def test_dispatch_does_not_wait_for_the_fsync_but_accepted_does(
-        jnet: Net, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The fsync runs in the journal's thread: a task is dispatched (and even decided)
-    while its fsync is still running; its ACCEPTED leaves only after the fsync is done."""
+def held_fsync(monkeypatch: pytest.MonkeyPatch) -> tuple[threading.Event, threading.Event]:
+    """Make the journal's fsyncs wait: (gate, started); an fsync sets `started`, then
+    waits until the test sets `gate`."""
     gate, started = threading.Event(), threading.Event()
     real = journal_mod._datasync
 
@@ -85,6 +84,14 @@ def test_dispatch_does_not_wait_for_the_fsync_but_accepted_does(
         real(fd)
 
     monkeypatch.setattr(journal_mod, "_datasync", slow_sync)
+    return gate, started
+
+
+def test_dispatch_does_not_wait_for_the_fsync_but_accepted_does(
+        jnet: Net, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fsync runs in the journal's thread: a task is dispatched (and even decided)
+    while its fsync is still running; its ACCEPTED leaves only after the fsync is done."""
+    gate, started = held_fsync(monkeypatch)
     prod, sink = jnet.producer(), jnet.sink()
     worker = jnet.worker(["p"], credit=5)
     prod.send_multipart(encode(Cmd.SUBMIT, {"tasks": [task("t1"), task("t2")]}))

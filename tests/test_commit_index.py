@@ -138,19 +138,9 @@ def test_no_accepted_for_tasks_decided_before_their_fsync(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A lone task is usually decided before the fsync of its intake: its RESULT ended it
     for the producer, so no ACCEPTED follows (one wake-up less for the producer)."""
-    import threading
+    from tests.test_broker_journal import held_fsync
 
-    from brokers import journal as journal_mod
-
-    gate, started = threading.Event(), threading.Event()
-    real = journal_mod._datasync
-
-    def slow_sync(fd: int) -> None:
-        started.set()
-        gate.wait(10)
-        real(fd)
-
-    monkeypatch.setattr(journal_mod, "_datasync", slow_sync)
+    gate, started = held_fsync(monkeypatch)
     n = Net(tmp_path, journal_dir=str(tmp_path / "journal"))
     try:
         prod, sink = n.producer(), n.sink()
