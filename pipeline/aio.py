@@ -33,7 +33,7 @@ from zmq.utils.monitor import parse_monitor_message
 from pipeline import protocol as proto
 from pipeline.api import Decision
 from pipeline.errors import DecodeError, PipelineError, TaskTimeout
-from pipeline.ledger import SubmitLedger, rejection, task_maps
+from pipeline.ledger import LedgerViews, SubmitLedger, rejection, task_maps
 from pipeline.protocol import Cmd
 
 log = logging.getLogger(__name__)
@@ -65,7 +65,7 @@ class AsyncTaskHandle:
         return f"AsyncTaskHandle({self.id!r}, {self.process!r})"
 
 
-class AsyncProducer:
+class AsyncProducer(LedgerViews):
     def __init__(self, endpoint: str, *, ctx: zmq.asyncio.Context | None = None,
                  heavy: Any = None, namespace: str | None = None,
                  max_message_bytes: int = 256 * 1024 * 1024,
@@ -169,18 +169,6 @@ class AsyncProducer:
         sock = self._socket()
         for frames in self.ledger.resend_frames(tasks):
             await sock.send_multipart(frames)
-
-    @property
-    def unacked(self) -> dict[str, dict[str, Any]]:
-        return self.ledger.unacked
-
-    @property
-    def undecided(self) -> dict[str, dict[str, Any]]:
-        return self.ledger.undecided
-
-    @property
-    def resent(self) -> int:
-        return self.ledger.resent
 
     async def wait_accepted(self, timeout: float | None = None) -> None:
         """Wait until the broker has answered every task submitted so far (ACCEPTED, which

@@ -113,6 +113,25 @@ class SubmitLedger:
         self.heard = time.monotonic()
 
 
+class LedgerViews:
+    """What a producer shows of its ledger: tasks not yet acknowledged, tasks not yet
+    decided, and how many were sent again."""
+
+    ledger: SubmitLedger
+
+    @property
+    def unacked(self) -> dict[str, dict[str, Any]]:
+        return self.ledger.unacked
+
+    @property
+    def undecided(self) -> dict[str, dict[str, Any]]:
+        return self.ledger.undecided
+
+    @property
+    def resent(self) -> int:
+        return self.ledger.resent
+
+
 def rejection(header: Mapping[str, Any]) -> PipelineError:
     """The exception a REJECTED header stands for: Busy (with its retry-after) or
     SubmitRejected."""

@@ -28,7 +28,7 @@ from zmq.utils.monitor import recv_monitor_message
 from pipeline import protocol as proto
 from pipeline.api import Decision
 from pipeline.errors import DecodeError, PipelineError, TaskTimeout
-from pipeline.ledger import SubmitLedger, rejection, task_maps
+from pipeline.ledger import LedgerViews, SubmitLedger, rejection, task_maps
 from pipeline.protocol import Cmd
 
 
@@ -54,7 +54,7 @@ class TaskHandle:
         return f"TaskHandle({self.id!r}, {self.process!r})"
 
 
-class Producer:
+class Producer(LedgerViews):
     def __init__(self, endpoint: str, *, ctx: zmq.Context[Any] | None = None,
                  heavy: Any = None, namespace: str | None = None,
                  max_message_bytes: int = 256 * 1024 * 1024,
@@ -129,18 +129,6 @@ class Producer:
         """Send tasks again under their ids (idempotent at the broker)."""
         for frames in self.ledger.resend_frames(tasks):
             self.sock.send_multipart(frames)
-
-    @property
-    def unacked(self) -> dict[str, dict[str, Any]]:
-        return self.ledger.unacked
-
-    @property
-    def undecided(self) -> dict[str, dict[str, Any]]:
-        return self.ledger.undecided
-
-    @property
-    def resent(self) -> int:
-        return self.ledger.resent
 
     # -- receiving -------------------------------------------------------------------------
     def poll(self, timeout_ms: int) -> int:
