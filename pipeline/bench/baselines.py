@@ -5,6 +5,10 @@
   each result one msgpack message. No broker, no acknowledgement, no audit, no journal:
   the ceiling for this architecture in Python.
 
+The latency mode also measures the floor of the pipeline's own path: a message relayed,
+with no work, along the hops a lone task takes (producer -> broker -> worker -> sink ->
+broker -> producer, five ZeroMQ hops through four processes). See `relay_latencies`.
+
 The Pool uses the platform's default start method on Linux (fork; it runs before any
 ZeroMQ context of the bench exists or after it is closed). The pyzmq workers are fresh
 interpreters (subprocess: no inherited ZeroMQ context). Every process is joined or killed
@@ -34,6 +38,8 @@ FORK = mp.get_context("fork")  # what `multiprocessing.Pool()` is on Linux; no r
 STOP = b""
 WORKER_CODE = ("import sys; from pipeline.bench.baselines import _zmq_worker; "
                "_zmq_worker(*sys.argv[1:])")
+RELAY_CODE = ("import sys; from pipeline.bench.baselines import _relay; "
+              "_relay(*sys.argv[1:])")
 
 
 # -- multiprocessing.Pool -------------------------------------------------------------------
@@ -92,6 +98,21 @@ def _zmq_worker(tasks_ep: str, results_ep: str) -> None:
         ctx.term()
 
 
+def _spawn(code: str, *argv: str) -> subprocess.Popen[bytes]:
+    """A fresh interpreter running `code` (no inherited ZeroMQ context)."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([os.getcwd(), *sys.path])}
+    return subprocess.Popen([sys.executable, "-c", code, *argv], env=env)
+
+
+def _reap(procs: list[subprocess.Popen[bytes]]) -> None:
+    for p in procs:
+        try:
+            p.wait(5)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+
+
 class ZmqPipeline:
     """A PUSH socket to W spawned workers and a PULL socket for their results."""
 
@@ -108,11 +129,8 @@ class ZmqPipeline:
 
     def __enter__(self) -> ZmqPipeline:
         try:
-            env = {**os.environ, "PYTHONPATH": os.pathsep.join([os.getcwd(), *sys.path])}
             for _ in range(self.workers):
-                self.procs.append(subprocess.Popen(
-                    [sys.executable, "-c", WORKER_CODE, self.tasks_ep, self.results_ep],
-                    env=env))
+                self.procs.append(_spawn(WORKER_CODE, self.tasks_ep, self.results_ep))
             for _ in self.procs:  # every worker connected before timing
                 if not self.pull.poll(30_000):
                     raise RuntimeError("zmq baseline: a worker did not start")
@@ -130,12 +148,7 @@ class ZmqPipeline:
         for _ in self.procs:
             with contextlib.suppress(zmq.Again):
                 self.push.send(STOP, zmq.NOBLOCK)
-        for p in self.procs:
-            try:
-                p.wait(5)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
+        _reap(self.procs)
         self.push.close(0)
         self.pull.close(0)
         self.ctx.term()
@@ -180,3 +193,71 @@ def zmq_throughput(process: str, args: dict[str, Any], tasks: int, workers: int)
 def zmq_latencies(process: str, tasks: int, workers: int) -> list[float]:
     with ZmqPipeline(workers) as z:
         return z.latencies(process, tasks)
+
+
+# -- the pipeline's path with no work: the floor of a lone task's latency -------------------
+def _relay(*endpoints: str) -> None:
+    """Forward every message from each PULL endpoint to the PUSH endpoint after it (the
+    arguments are pairs: in, out). One thread and one poller, as the pipeline's roles."""
+    ctx = zmq.Context()
+    routes = {}
+    poller = zmq.Poller()
+    for src, dst in zip(endpoints[::2], endpoints[1::2], strict=True):
+        pull, push = ctx.socket(zmq.PULL), ctx.socket(zmq.PUSH)
+        pull.bind(src)
+        push.connect(dst)
+        routes[pull] = push
+        poller.register(pull, zmq.POLLIN)
+    try:
+        while True:
+            for sock, _ in poller.poll():
+                frames = sock.recv_multipart()
+                routes[sock].send_multipart(frames)
+                if frames == [STOP]:
+                    return
+    finally:
+        for pull, push in routes.items():
+            pull.close(0)
+            push.close(0)
+        ctx.term()
+
+
+def relay_latencies(tasks: int) -> list[float]:
+    """Round-trip seconds of a small message (two frames, as a pipeline message) relayed
+    along a lone task's five hops: to a "broker", a "worker", a "sink", the "broker" again,
+    and back. No work at any hop: the transport's floor for the pipeline's path."""
+    run_dir = tempfile.mkdtemp(prefix="plr-")
+    ep = {name: f"ipc://{run_dir}/{name}" for name in
+          ("frontend", "worker", "sink", "decisions", "producer")}
+    ctx = zmq.Context()
+    push, pull = ctx.socket(zmq.PUSH), ctx.socket(zmq.PULL)
+    pull.bind(ep["producer"])
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        procs.append(_spawn(RELAY_CODE, ep["frontend"], ep["worker"],
+                            ep["decisions"], ep["producer"]))  # the broker: both ways
+        procs.append(_spawn(RELAY_CODE, ep["worker"], ep["sink"]))
+        procs.append(_spawn(RELAY_CODE, ep["sink"], ep["decisions"]))
+        push.connect(ep["frontend"])
+        msg = [b"\x01\x01", msgpack.packb({"tasks": [{"id": "x" * 22, "process": "small",
+                                                       "args": {}}]})]
+        for _ in range(200):  # warm-up; the first waits for every relay to bind
+            push.send_multipart(msg)
+            if not pull.poll(30_000):
+                raise RuntimeError("relay baseline: a relay did not start")
+            pull.recv_multipart()
+        out = []
+        for _ in range(tasks):
+            t0 = time.perf_counter()
+            push.send_multipart(msg)
+            pull.recv_multipart()
+            out.append(time.perf_counter() - t0)
+        return out
+    finally:
+        with contextlib.suppress(zmq.Again):
+            push.send_multipart([STOP], zmq.NOBLOCK)
+        _reap(procs)
+        push.close(0)
+        pull.close(0)
+        ctx.term()
+        shutil.rmtree(run_dir, ignore_errors=True)
