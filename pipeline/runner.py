@@ -80,20 +80,26 @@ def spawn(role: str, args: list[str], *, env: dict[str, str] | None = None,
 
 
 def _await_ready(child: Child, timeout_s: float) -> None:
+    """Wait for the child's READY line. Stdout is read unbuffered (os.read on the pipe), so
+    lines printed before READY, or READY arriving with them in one read, are never left in a
+    buffer that `select` cannot see."""
     out = child.proc.stdout
     if out is None:
         raise StartError(f"{child.role}: no stdout pipe")
     deadline = time.monotonic() + timeout_s
+    pending = b""
     with selectors.DefaultSelector() as sel:
         sel.register(out, selectors.EVENT_READ)
         while time.monotonic() < deadline:
-            if sel.select(timeout=max(0.0, deadline - time.monotonic())):
-                line = out.readline()
-                if line.strip() == READY_LINE:
-                    out.close()
-                    return
-                if not line:
-                    raise StartError(f"{child.role} exited with {child.proc.wait()} before ready")
+            if not sel.select(timeout=max(0.0, deadline - time.monotonic())):
+                continue
+            chunk = os.read(out.fileno(), 4096)
+            if not chunk:
+                raise StartError(f"{child.role} exited with {child.proc.wait()} before ready")
+            *lines, pending = (pending + chunk).split(b"\n")
+            if any(line.strip() == READY_LINE for line in lines):
+                out.close()
+                return
     raise StartError(f"{child.role} (pid {child.pid}) not ready after {timeout_s}s")
 
 
