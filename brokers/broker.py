@@ -6,11 +6,12 @@
 
 Each `run_once` pass polls, drains what is ready (control first: decisions free work), does
 housekeeping (due retries, worker liveness and task leases, credit-based dispatch, RESULT
-batches, journal compaction), then writes the task journal (one write for the pass). The
-fsync runs in the journal's own thread; the SUBMIT answers wait for the fsync that covers
-their tasks and go out in the first pass after it (the thread wakes the poller through a
-pipe). Tasks are dispatched at once, before they are durable: a producer that gets no
-ACCEPTED resends under the same id, and the sink de-duplicates by id.
+batches, journal compaction), then writes the task journal (one write for the pass) and
+asks for its fsync, which runs in the journal's own thread. An ACCEPTED waits for the fsync
+that covers its tasks and for `accepted_delay_ms`, and is left out if its tasks were all
+decided meanwhile (brokers/answers.py); the thread wakes the poller through a pipe only when
+an answer waits on it. Tasks are dispatched at once, before they are durable: a producer
+that gets no ACCEPTED resends under the same id, and the sink de-duplicates by id.
 A task stays with the broker from SUBMIT until the sink decides it; conflicts come back with
 attempt + 1 after a jittered back-off, blocked processes are parked, lost workers' tasks are
 queued again; past the process's attempt limit a task goes to the dead-letter queue.
@@ -24,12 +25,13 @@ import math
 import random
 import threading
 import time
-from collections import Counter, deque
-from collections.abc import Callable, Collection
+from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 import zmq
 
+from brokers.answers import Accepted, HeldAnswers
 from brokers.config import BrokerConfig
 from brokers.dlq import MAX_LIST, DeadLetters, letter, stored_task
 from brokers.journal import MAX_RECORD_BYTES, Replayed, TaskJournal
@@ -93,10 +95,8 @@ class Broker:
         # whole DECISION headers for one producer, sent on as its RESULT (no re-encode)
         self._raw_results: list[tuple[bytes, list[Any]]] = []
         self._dlq = DeadLetters()
-        # answers that wait for this pass's journal write: (socket, identity, frames), then
-        # (write sequence number, answers) until the fsync that covers the write is done
-        self._acks: list[_Answer] = []
-        self._waiting: deque[tuple[int, list[_Answer]]] = deque()
+        # answers that wait for the fsync of this pass's journal write (and ACCEPTEDs)
+        self._answers = HeldAnswers(self._send, config.accepted_delay_ms)
         self._raw = b""  # frame 1 (the header bytes) of the message being handled
         self._rng = random.Random()
         self.counters: Counter[str] = Counter()
@@ -180,10 +180,10 @@ class Broker:
         if self._closed:
             return
         self._closed = True
-        self._commit_journal()
+        self._hand_off()
         if self._journal is not None:
             self._journal.close()  # everything written is durable now
-            self._release_acks(self._journal.durable)
+        self._answers.release(self._durable(), self._now, self._entries, force=True)
         for sock in (self.frontend, self.backend, self.control):
             sock.close(linger=self.config.linger_ms)
         if self._own_ctx:
@@ -222,36 +222,36 @@ class Broker:
         if self._wake_fd is not None and ready.get(self._wake_fd):
             self._journal.drain_wakeups()  # type: ignore[union-attr]
         self._housekeeping()  # dispatch first: a lone task does not wait for the disk
-        self._commit_journal()
+        self._hand_off()
         return handled
 
-    def _commit_journal(self) -> None:
-        """Group commit: one write for the pass (the fsync thread makes it durable); send
-        the held answers whose writes an fsync has covered."""
-        j = self._journal
-        if j is None:
-            return
-        j.commit()
-        if self._acks:
-            self._waiting.append((j.wanted, self._acks))
-            self._acks = []
-        if self._waiting:
-            self._release_acks(j.durable)
+    def _hand_off(self) -> None:
+        """End of a pass: group commit (one write, then the fsync request: after this
+        pass's messages left); send the held answers that may leave."""
+        j, answers = self._journal, self._answers
+        if j is not None:
+            j.commit()
+        answers.end_pass(0 if j is None else j.wanted, self._now)
+        if answers:
+            self._release()
 
-    def _release_acks(self, durable: int) -> None:
-        waiting = self._waiting
-        while waiting and waiting[0][0] <= durable:
-            for sock, identity, frames in waiting.popleft()[1]:
-                if type(frames) is _Accepted:
-                    if frames.settled(self._entries):
-                        continue
-                    frames = encode(Cmd.ACCEPTED, {"ids": frames.ids})
-                self._send(sock, identity, frames)  # type: ignore[arg-type]
+    def _release(self) -> None:
+        j, answers = self._journal, self._answers
+        while True:
+            need = answers.release(0 if j is None else j.durable, self._now, self._entries)
+            if need is None or j is None or not j.wake_when(need):
+                return  # the fsync thread wakes the poller once `need` is durable
+
+    def _durable(self) -> int:
+        return 0 if self._journal is None else self._journal.durable
 
     def next_timeout_ms(self) -> int:
         """Poll timeout: min(heartbeat, time to the next deadline), never negative."""
         deadline = self._next_tick
         due = self._queues.next_due()
+        if due is not None:
+            deadline = min(deadline, due)
+        due = self._answers.next_due
         if due is not None:
             deadline = min(deadline, due)
         left_ms = math.ceil((deadline - self._clock()) * 1000)
@@ -415,9 +415,10 @@ class Broker:
                 fresh.append(e.id)
         if fresh and self._journal is not None:
             # In the file before the task can run: after a crash, a task without this
-            # record never ran, and only such a task may be stamped afresh.
+            # record never ran, and only such a task may be stamped afresh. The fsync is
+            # asked for at the end of the pass, once the DISPATCH has left.
             self._journal.dispatched(fresh, born)
-            self._journal.commit()
+            self._journal.write()
         why = self._send(self.backend, w.identity,
                          encode(Cmd.DISPATCH, {"tasks": [e.task for e in batch]}))
         if why is not None:
@@ -568,24 +569,19 @@ class Broker:
     def _answer_submit(self, producer: bytes, accepted: list[str], busy: list[str],
                        invalid: dict[str, list[str]], answered: list[str] | None = None
                        ) -> None:
-        """Answer a SUBMIT; with a journal, after this pass's journal write (durable)."""
+        """Answer a SUBMIT: the ACCEPTED is held (brokers/answers.py), REJECTEDs leave at
+        once (nothing of theirs needs the disk)."""
         self.counters["accepted"] += len(accepted)
-        answers: list[list[Any] | _Accepted] = []
         if accepted or not (busy or invalid):
-            answers.append(encode(Cmd.ACCEPTED, {"ids": accepted}) if self._journal is None
-                           else _Accepted(accepted, answered or ()))
+            self._answers.accepted(Accepted(self.frontend, producer, accepted, answered or ()))
         if busy:
             self.counters["rejected.busy"] += len(busy)
-            answers.append(rejected(busy, "busy", "the broker's queue is full",
-                                     self.config.busy_retry_after_ms))
+            self._send(self.frontend, producer, rejected(
+                busy, "busy", "the broker's queue is full", self.config.busy_retry_after_ms))
         for reason, ids in invalid.items():
             self.counters[f"rejected.{reason}"] += len(ids)
-            answers.append(rejected([i for i in ids if i], "invalid", reason, 0))
-        if self._journal is None:
-            for frames in answers:
-                self._send(self.frontend, producer, frames)  # type: ignore[arg-type]
-        else:
-            self._acks.extend((self.frontend, producer, frames) for frames in answers)
+            self._send(self.frontend, producer,
+                       rejected([i for i in ids if i], "invalid", reason, 0))
 
     def _known(self, task_id: str, producer: bytes) -> bool:
         """A resubmit: the latest submitter gets the result; a decided task's is sent again."""
@@ -909,7 +905,7 @@ class Broker:
         if self._journal is None:
             self._send(self.control, identity, frames)
         else:
-            self._acks.append((self.control, identity, frames))
+            self._answers.add(self.control, identity, frames)
 
     # -- any socket ---------------------------------------------------------------------
     def _on_nothing(self, identity: bytes, msg: Message) -> None:
@@ -919,27 +915,6 @@ class Broker:
         self.counters["peer-error"] += 1
         log.warning("peer %s sent ERROR %s: %s", identity.hex(), msg.header["code"],
                     msg.header["reason"])
-
-
-class _Accepted:
-    """An ACCEPTED that waits for the fsync of its tasks. It is dropped when every one of
-    its tasks was decided meanwhile: their RESULTs ended them for the producer, and the
-    ACCEPTED would only cost it a wake-up (a lone task's usual case)."""
-
-    __slots__ = ("ids", "keep")
-
-    def __init__(self, ids: list[str], keep: Collection[str]) -> None:
-        self.ids = ids
-        self.keep = keep  # resubmits of tasks decided before the SUBMIT: always answered
-
-    def settled(self, entries: Collection[str]) -> bool:
-        ids = self.ids
-        if not ids or self.keep or ids[-1] in entries:  # the last: the usual undecided one
-            return False
-        return not any(tid in entries for tid in ids)
-
-
-_Answer = tuple[zmq.Socket[Any], bytes, list[Any] | _Accepted]
 
 
 # -- pure helpers ---------------------------------------------------------------------------

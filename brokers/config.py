@@ -46,6 +46,9 @@ class BrokerConfig:
     # The task journal's directory (durable intake, dead letters); None: in memory only.
     journal_dir: str | None = None
     journal_fsync: bool = True
+    # An ACCEPTED leaves once its tasks are fsynced and this long after their SUBMIT; it is
+    # left out when every task it names was decided meanwhile (docs/PROTOCOL.md).
+    accepted_delay_ms: int = 2
     # Compact the journal when it holds more than max(min, ratio * live) records.
     journal_compact_min_records: int = 10_000
     journal_compact_ratio: int = 4
@@ -74,7 +77,7 @@ class BrokerConfig:
                 raise ConfigError(f"broker.{name} must be >= 1")
         for name in ("busy_retry_after_ms", "retry_base_backoff_ms", "retry_max_backoff_ms",
                      "recent_decided", "linger_ms", "retry_jitter_pct", "task_lease_ms",
-                     "journal_compact_min_records"):
+                     "journal_compact_min_records", "accepted_delay_ms"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"broker.{name} must be >= 0")
         self._check_extras()

@@ -33,14 +33,19 @@ with `k` naming the kind:
     {k: "e", h: bin}                       decided: a whole DECISION header `{decisions: [...]}`
                                            as received (every decision in it was final)
 
-Records are buffered during a broker pass and written by `commit` in one write (group
-commit), in the loop. A write that holds a record someone waits on (a submit, a DLQ change)
-asks the fsync thread for an fsync and gets a sequence number; `durable` is the highest
-sequence number an fsync has covered, so the broker sends an ACCEPTED only once `durable`
-reaches the write that held its tasks. The fsync thread wakes the broker through a pipe
-(`wake_fd`, polled with the sockets) and runs one fsync for every write that arrived while
-the previous one ran (group commit across passes). Decisions alone are written but not
-fsynced: losing one costs a re-run that the sink answers `duplicate`.
+Records are buffered during a broker pass and written in one write (group commit), in the
+loop: by `write` when something must be in the file at once (a dispatch stamp, before its
+DISPATCH leaves), and by `commit` at the end of the pass. `commit` also asks the fsync
+thread for an fsync when a record someone waits on (a submit, a DLQ change) was written
+since the last request, and gives the pass a sequence number (`wanted`); `durable` is the
+highest sequence number an fsync has covered, so the broker sends an ACCEPTED only once
+`durable` reaches the pass that held its tasks. The request is made at the end of the pass,
+after its messages were sent: the thread's wake-up never delays a DISPATCH or a RESULT. The
+thread runs one fsync for every pass that asked while the previous one ran (group commit
+across passes) and wakes the loop through a pipe (`wake_fd`, polled with the sockets) only
+when the loop asked for it (`wake_when`: an answer waits on that fsync and nothing else).
+Decisions alone are written but not fsynced: losing one costs a re-run that the sink
+answers `duplicate`.
 
 `replay` reads the file back (a torn or corrupt tail is cut off) and returns the tasks still
 pending, the dead letters and the recent decisions. `compact` rewrites the file with only
@@ -236,8 +241,9 @@ def read_records(path: Path) -> tuple[list[dict[str, Any]], int]:
 
 class _Syncer:
     """The fsync thread: fsyncs the journal's file for every write that asks, several at
-    once when they queue up, and writes a byte to a pipe after each fsync to wake the loop.
-    The loop only appends; it pauses the thread (`paused`) to swap the file."""
+    once when they queue up, and writes a byte to a pipe after an fsync that reached the
+    sequence number the loop waits for (`wake_when`), or failed. The loop only appends; it
+    pauses the thread (`paused`) to swap the file."""
 
     def __init__(self, counters: dict[str, int]) -> None:
         self._cond = threading.Condition()
@@ -245,6 +251,7 @@ class _Syncer:
         self._fd = -1
         self._wanted = 0  # the highest sequence number asked for
         self.durable = 0  # the highest sequence number an fsync has covered
+        self._wake_at = 0  # wake the loop once durable reaches this (0: nobody waits)
         self._busy = self._closing = False
         self.wake_fd, self._wake_w = os.pipe()
         os.set_blocking(self.wake_fd, False)
@@ -257,6 +264,15 @@ class _Syncer:
         with self._cond:
             self._wanted, self._fd = seq, fd
             self._cond.notify()
+
+    def wake_when(self, seq: int) -> bool:
+        """Ask for a byte on the wake pipe once `seq` is durable; True (and no byte) when it
+        is already."""
+        with self._cond:
+            if self.durable >= seq:
+                return True
+            self._wake_at = seq
+            return False
 
     def _loop(self) -> None:
         while True:
@@ -272,11 +288,16 @@ class _Syncer:
                 self.error = exc
             with self._cond:
                 self._busy = False
-                if self.error is None:
+                wake = self.error is not None  # the loop must hear of it
+                if not wake:
                     self.durable = max(self.durable, target)
                     self._counters["fsyncs"] += 1
+                    wake = 0 < self._wake_at <= self.durable
+                if wake:
+                    self._wake_at = 0
                 self._cond.notify_all()
-            self._wake()
+            if wake:
+                self._wake()
             if self.error is not None:
                 return
 
@@ -383,6 +404,13 @@ class TaskJournal:
         if self._syncer is not None:
             self._syncer.drain_wakeups()
 
+    def wake_when(self, seq: int) -> bool:
+        """Have `wake_fd` woken once write `seq` is durable; True when it is already (an
+        fsync error is raised here, as by `durable`)."""
+        if self._syncer is None or self._syncer.wake_when(seq):
+            return self.durable >= seq
+        return False
+
     # -- appending ----------------------------------------------------------------------
     def submitted(self, task: dict[str, Any]) -> None:
         self._add({"k": "s", "t": task}, sync=True)
@@ -400,7 +428,7 @@ class TaskJournal:
         self._add({"k": "e", "h": header}, sync=False, items=count)
 
     def dispatched(self, ids: list[str], born_ms: int) -> None:
-        """First dispatch of these tasks, stamped `born_ms` (call `commit` before sending)."""
+        """First dispatch of these tasks, stamped `born_ms` (call `write` before sending)."""
         self._add({"k": "x", "ids": ids, "ts": born_ms}, sync=False, items=0)
 
     def failed(self, task_id: str, failures: int, attempt: int) -> None:
@@ -427,26 +455,32 @@ class TaskJournal:
     def pending_records(self) -> int:
         return len(self._buf)
 
-    def commit(self) -> int:
-        """Write the buffered records in one write; when one of them must be durable, ask
-        the fsync thread for an fsync (`wanted` grows; `durable` follows). Items written."""
+    def write(self) -> int:
+        """Write the buffered records in one write (they reach the kernel: a crash of the
+        process keeps them), asking for no fsync: `commit` does. Items written."""
         if not self._buf:
             return 0
         if self._file is None:
-            raise RuntimeError("task journal: replay() must run before commit()")
+            raise RuntimeError("task journal: replay() must run before write()")
         n, data = self._buf_items, b"".join(self._buf)
         self._buf.clear()
         self._buf_items = 0
         self._file.write(data)
         self._file.flush()
         self.counters["writes"] += 1
+        self.records += n
+        self.counters["records"] += n
+        return n
+
+    def commit(self) -> int:
+        """`write`, then, when a record written since the last request must be durable, ask
+        the fsync thread for an fsync (`wanted` grows; `durable` follows). Items written."""
+        n = self.write()
         if self._must_sync:
+            self._must_sync = False
             self.wanted += 1
             if self._syncer is not None:
                 self._syncer.request(self.wanted, self._file.fileno())
-        self._must_sync = False
-        self.records += n
-        self.counters["records"] += n
         return n
 
     # -- compaction ---------------------------------------------------------------------

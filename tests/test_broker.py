@@ -47,7 +47,7 @@ class Net:
         settings: dict[str, Any] = {
             "frontend": f"ipc://{tmp_path}/f", "backend": f"ipc://{tmp_path}/b",
             "control": f"ipc://{tmp_path}/c", "heartbeat_interval_ms": 100,
-            "liveness": 3, "retry_jitter_pct": 0, **overrides}
+            "liveness": 3, "retry_jitter_pct": 0, "accepted_delay_ms": 0, **overrides}
         self.config = BrokerConfig(**settings)
         self.broker = Broker(self.config, self.ctx, clock=self.clock)
         self.broker.bind()
@@ -327,8 +327,9 @@ def test_resubmit_is_accepted_but_not_queued_twice(net: Net) -> None:
     net.decide(sink, decision("t1", version=4))
     assert net.expect(prod, Cmd.RESULT)["decisions"][0]["version"] == 4
     again = net.producer()  # a reconnected producer resubmits a decided task
-    net.submit(again, task("t1"))
+    again.send_multipart(encode(Cmd.SUBMIT, {"tasks": [task("t1")]}))
     assert net.expect(again, Cmd.RESULT)["decisions"][0]["version"] == 4
+    assert net.expect(again, Cmd.ACCEPTED)["ids"] == ["t1"]  # always, after the RESULT
     assert net.broker.status()["tasks"] == 0
     assert net.counter("resubmitted") == 4
     assert net.counter("dispatched") == 1
@@ -338,8 +339,8 @@ def test_a_full_queue_answers_busy(make_net: Callable[..., Net]) -> None:
     net = make_net(max_queue=3, busy_retry_after_ms=250)
     prod = net.producer()
     prod.send_multipart(encode(Cmd.SUBMIT, {"tasks": [task(f"t{i}") for i in range(5)]}))
+    busy = net.expect(prod, Cmd.REJECTED)  # at once; the ACCEPTED waits for its hand-off
     assert net.expect(prod, Cmd.ACCEPTED)["ids"] == ["t0", "t1", "t2"]
-    busy = net.expect(prod, Cmd.REJECTED)
     assert (busy["ids"], busy["code"], busy["retry_after_ms"]) == (["t3", "t4"], "busy", 250)
     assert net.submit(prod, task("t0"))["ids"] == ["t0"]  # known ids still fit
     assert net.counter("rejected.busy") == 2
@@ -351,8 +352,8 @@ def test_invalid_tasks_are_rejected_and_the_rest_accepted(net: Net) -> None:
            {"id": "", "process": "p", "args": {}}, {"id": "x2", "process": "p", "args": {},
                                                      "heavy": 3}]
     prod.send_multipart(encode(Cmd.SUBMIT, {"tasks": [task("ok"), *bad]}))
-    assert net.expect(prod, Cmd.ACCEPTED)["ids"] == ["ok"]
     rejected = [net.expect(prod, Cmd.REJECTED) for _ in range(4)]  # one per reason
+    assert net.expect(prod, Cmd.ACCEPTED)["ids"] == ["ok"]
     assert {r["code"] for r in rejected} == {"invalid"}
     assert {r["reason"]: r["ids"] for r in rejected} == {
         "task-field:args": ["x1"], "task-field:id": [], "task-not-map": [],
