@@ -93,21 +93,33 @@ class HeavyInputs:
 class TaskContext:
     """What a process sees: declared inputs (tracked as reads), heavy inputs, task facts."""
 
-    __slots__ = ("_backend", "_heavy", "_task", "attempt", "process", "reads", "replica",
-                 "spec", "task_id", "version")
+    __slots__ = ("_backend", "_heavy", "_task", "_version", "attempt", "base", "process",
+                 "reads", "replica", "spec", "task_id")
 
     def __init__(self, task: Mapping[str, Any], spec: ProcessSpec, replica: StateReplica,
-                 heavy: HeavyBackend | None) -> None:
+                 heavy: HeavyBackend | None, follows: bool = True) -> None:
         self.task_id: str = task["id"]
         self.attempt: int = int(task.get("attempt") or 1)
         self.process = spec.name
         self.spec = spec
         self.replica = replica
-        self.version = replica.version
+        self._version: int = replica.version
+        # The update's `base`: the global version it was built on. None from a replica that
+        # does not follow the commit stream (its version is its last snapshot's), unless
+        # the process reads `version`: the sink then checks the version it was given.
+        self.base: int | None = self._version if follows else None
         self.reads: dict[str, int] = {}
         self._task = task
         self._backend = heavy
         self._heavy: HeavyInputs | None = None
+
+    @property
+    def version(self) -> int:
+        """The global version of the replica when the context was built. On a worker that
+        does not follow the commit stream (docs/ARCHITECTURE.md, "Who follows the commit
+        stream"), the version of its last snapshot: reading it makes the worker follow."""
+        self.base = self._version
+        return self._version
 
     @property
     def heavy(self) -> HeavyInputs:
@@ -136,9 +148,10 @@ class TaskContext:
 
 
 def build_context(task: Mapping[str, Any], spec: ProcessSpec, replica: StateReplica,
-                  heavy: HeavyBackend | None) -> TaskContext:
-    """The only way a task context is made."""
-    return TaskContext(task, spec, replica, heavy)
+                  heavy: HeavyBackend | None, follows: bool = True) -> TaskContext:
+    """The only way a task context is made. `follows`: whether the replica follows the
+    commit stream (its version is current)."""
+    return TaskContext(task, spec, replica, heavy, follows)
 
 
 def to_update(ctx: TaskContext, result: Any, heavy: HeavyBackend | None) -> dict[str, Any]:
@@ -155,7 +168,7 @@ def to_update(ctx: TaskContext, result: Any, heavy: HeavyBackend | None) -> dict
         "process": ctx.process,
         "attempt": ctx.attempt,
         "reads": reads,
-        "base": ctx.version,
+        "base": ctx.base,
         "data": upd.data,
         "heavy": heavy_out,
         "error": None,
@@ -177,7 +190,7 @@ def _data_update(ctx: TaskContext, data: dict[str, Any]) -> dict[str, Any]:
             if key not in reads:
                 reads[key] = ctx.replica.key_version(key)
     return {"task": ctx.task_id, "process": ctx.process, "attempt": ctx.attempt,
-            "reads": reads, "base": ctx.version, "data": data,
+            "reads": reads, "base": ctx.base, "data": data,
             "born_ms": ctx._task.get("born_ms")}
 
 

@@ -4,7 +4,8 @@ One thread, one poller over four sockets:
 
     backend  DEALER -> broker   READY / HEARTBEAT  <-  DISPATCH / HEARTBEAT
     updates  PUSH   -> sink     UPDATE
-    events   SUB    <- sink     COMMIT (keeps the state replica current)
+    events   SUB    <- sink     COMMIT (keeps the state replica current; subscribed only
+                                while the worker follows the stream, see `following`)
     sync     DEALER -> sink     SNAPSHOT_REQ  <-  SNAPSHOT
 
 The worker asks for a snapshot, then tells the broker it is READY with its credit. Every
@@ -71,6 +72,11 @@ class Worker:
         # The keys our processes declare: the only ones a task here can read or write, so
         # the only ones the replica must keep current (see _skip_commit).
         self._interest = frozenset(k for spec in self.specs.values() for k in spec.keys)
+        # Whether the worker follows the commit stream (subscribes to COMMIT). A worker whose
+        # processes declare no key needs it only for the global version: until a task shows
+        # that it does (`_follow_commits`), it does not subscribe, and the sink's PUB sends
+        # it no COMMIT at all (docs/ARCHITECTURE.md, "Who follows the commit stream").
+        self.following = bool(self._interest)
         self.pending: deque[tuple[float, dict[str, Any]]] = deque()
         self.gate = KeyGate()
         self._stuck_reported = 0.0
@@ -100,7 +106,8 @@ class Worker:
         self.backend = self._socket(zmq.DEALER, ep.backend)
         self.updates = self._socket(zmq.PUSH, ep.updates)
         self.events = self._socket(zmq.SUB, ep.events)
-        self.events.setsockopt(zmq.SUBSCRIBE, bytes((proto.VERSION, Cmd.COMMIT)))
+        if self.following:
+            self.events.setsockopt(zmq.SUBSCRIBE, _COMMIT_PREFIX)
         # IMMEDIATE: a SNAPSHOT_REQ is queued only on a live connection. Without it, requests
         # repeated while the sink is down would pile up and each get a full snapshot once
         # it is back.
@@ -214,6 +221,31 @@ class Worker:
             except DecodeError as exc:
                 self.counters["malformed"] += 1
                 log.warning("worker: bad task in DISPATCH (%s)", exc.reason)
+        if not self.following:
+            self._check_after(header["tasks"])
+
+    def _check_after(self, tasks: list[Any]) -> None:
+        """Follow the commit stream from now on if a task waits for a global version
+        beyond our replica's (`after`: a retry after a conflict on the global version,
+        `assert_version` say): a replica that does not follow the stream would not reach
+        it."""
+        version = self.replica.version
+        for task in tasks:
+            after = task.get("after") if type(task) is dict else None
+            if type(after) is int and after > version:
+                self._follow_commits()
+                return
+
+    def _follow_commits(self) -> None:
+        """Subscribe to COMMIT (for good) and take a snapshot: the replica's version is
+        current once it arrives (a commit published before the subscription took effect
+        shows up as a gap, and a gap as a resync), and the stream keeps it so."""
+        self.following = True
+        self.counters["follow"] = self.counters.get("follow", 0) + 1
+        log.info("worker %s: following the commit stream (a task needs the global "
+                 "version)", self.config.name)
+        self.events.setsockopt(zmq.SUBSCRIBE, _COMMIT_PREFIX)
+        self.request_snapshot()
 
     def _on_commit(self, header: dict[str, Any]) -> None:
         self.gate.release(ev["task"] for ev in header["events"])
@@ -335,6 +367,8 @@ class Worker:
             updates.append(update)
             ran.append(task)
         self.pending = deferred
+        if not self.following and any(u.get("base") is not None for u in updates):
+            self._follow_commits()  # a process read ctx.version: keep it current from now on
         if updates:
             frames = self._encode(updates, ran)
             self.counters["tasks"] += len(updates)
@@ -425,7 +459,7 @@ class Worker:
         spec = self.specs.get(task["process"])
         if spec is None:
             raise UnknownProcessError(f"process {task['process']!r} is not loaded here")
-        ctx = build_context(task, spec, self.replica, self.heavy)
+        ctx = build_context(task, spec, self.replica, self.heavy, self.following)
         result = spec.func(ctx, **task["args"])
         return to_update(ctx, result, self.heavy)
 

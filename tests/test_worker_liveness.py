@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 import zmq
 
+from pipeline.api import ProcessSpec
 from pipeline.config import Endpoints, WorkerConfig
 from pipeline.protocol import Cmd, decode, encode, error
 from pipeline.worker import Worker
@@ -34,7 +35,8 @@ class NoHeavy:
 class Fakes:
     """A broker backend ROUTER and a sink (sync ROUTER, updates PULL, events PUB)."""
 
-    def __init__(self, tmp_path: Path, liveness: int = 3) -> None:
+    def __init__(self, tmp_path: Path, liveness: int = 3,
+                 specs: dict[str, ProcessSpec] | None = None) -> None:
         self.ctx: zmq.Context[Any] = zmq.Context()
         self.ep = Endpoints.embedded(tmp_path)
         self.backend = self._bind(zmq.ROUTER, self.ep.backend)
@@ -43,7 +45,7 @@ class Fakes:
         self.events = self._bind(zmq.PUB, self.ep.events)
         config = WorkerConfig(endpoints=self.ep, app="tests.apps.counter", credit=8,
                               heartbeat_interval_ms=50, liveness=liveness, name="w")
-        self.worker = Worker(config, heavy=NoHeavy(), ctx=self.ctx)
+        self.worker = Worker(config, specs, heavy=NoHeavy(), ctx=self.ctx)
         self.worker.request_snapshot()
 
     def _bind(self, kind: int, endpoint: str) -> zmq.Socket[Any]:
@@ -52,16 +54,17 @@ class Fakes:
         sock.bind(endpoint)
         return sock
 
-    def step_until(self, sock: zmq.Socket[Any], cond: Callable[[list[bytes]], bool] | None = None
-                   ) -> list[bytes]:
-        """Step the worker (answering snapshots) until sock has a message that passes cond."""
+    def step_until(self, sock: zmq.Socket[Any], cond: Callable[[list[bytes]], bool] | None = None,
+                   version: int = 0) -> list[bytes]:
+        """Step the worker (answering snapshots, at `version`) until sock has a message that
+        passes cond."""
         deadline = time.monotonic() + DEADLINE_S
         while time.monotonic() < deadline:
             self.worker.run_once(5)
             if self.sync.poll(0):
                 ident, *_ = self.sync.recv_multipart()
                 self.sync.send_multipart([ident, *encode(Cmd.SNAPSHOT,
-                                                         {"version": 0, "state": {}})])
+                                                         {"version": version, "state": {}})])
             if sock.poll(0):
                 frames = sock.recv_multipart()
                 if cond is None or cond(frames):
