@@ -55,6 +55,19 @@ class Batch:
     def events(self) -> bytes | None:
         """msgpack COMMIT header `{"events": [Event, ...]}` for the commits, or None."""
     @property
+    def commit_index(self) -> bytes | None:
+        """The DECISION's commit index frame (docs/PROTOCOL.md, "The commit index"),
+        `[ids, attempts, first_version]` as `protocol.pack_commit_index` writes it, when
+        every decision is a plain commit (status committed, empty reason, nil rule and level,
+        no error, not blocked) at consecutive versions and no process became blocked and
+        nothing stopped the pipeline in the batch; otherwise None."""
+    @property
+    def event_index(self) -> bytes | None:
+        """The COMMIT's event index frame ("The event index"), `[first_version, count,
+        keys]` as `protocol.pack_event_index` writes it, when something committed at
+        consecutive versions: `keys` is the sorted union of the outputs registered for the
+        processes that committed (the contract refused any other write). None otherwise."""
+    @property
     def commits(self) -> int: ...
     @property
     def stop(self) -> str | None:
@@ -110,7 +123,8 @@ class Engine:
         segment read-only from there, re-checking name, header, generation and bounds; without
         it such rules reject segment arrays (rule "heavy"). Inline arrays need no directory."""
     def register(self, process: str, inputs: Sequence[str], outputs: Sequence[str]) -> None:
-        """Declare a process's contract (keys it may read and write)."""
+        """Declare a process's contract (keys it may read and write); registering a process
+        again replaces its contract. Its outputs are the keys of its event indexes."""
     def apply_batch(
         self, frames: Sequence[bytes], vetted: Mapping[bytes, str | None] | None = None
     ) -> Batch:

@@ -122,6 +122,14 @@ impl Batch {
         self.events.as_ref().map(|e| e.clone_ref(py))
     }
     #[getter]
+    fn commit_index<'py>(&self, py: Python<'py>) -> Option<Bound<'py, PyBytes>> {
+        self.out.commit_index.as_deref().map(|b| PyBytes::new(py, b))
+    }
+    #[getter]
+    fn event_index<'py>(&self, py: Python<'py>) -> Option<Bound<'py, PyBytes>> {
+        self.out.event_index.as_deref().map(|b| PyBytes::new(py, b))
+    }
+    #[getter]
     fn commits(&self) -> usize {
         self.out.commits
     }

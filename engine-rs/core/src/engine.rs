@@ -11,6 +11,7 @@ use crate::dedup::{DedupStats, Horizon, TaskKey};
 use crate::error::{EngineError, Result};
 use crate::fxhash::FxMap;
 use crate::heavy::{map_segment, Mapped};
+use crate::index::{IndexBuilder, Outputs};
 use crate::journal::{Fsync, Journal};
 use crate::msgpack::{put, Reader};
 use crate::outbox::{encode_event, followups, Outbox};
@@ -48,6 +49,10 @@ struct Contract {
     pid: u32,
     /// Every declared key: [`INPUT`], [`OUTPUT`] or both (one lookup answers both).
     keys: FxMap<Box<str>, u8>,
+    /// The declared outputs (the event index's keys).
+    outputs: Outputs,
+    /// The number of the last batch in which the process committed.
+    mark: u64,
 }
 
 const INPUT: u8 = 1;
@@ -69,6 +74,10 @@ pub struct BatchOut {
     decision_at: Vec<usize>,
     /// `{"events": [...]}`, None when nothing committed.
     pub events_msg: Option<Vec<u8>>,
+    /// The DECISION's commit index frame, None where it does not apply (see [`crate::index`]).
+    pub commit_index: Option<Vec<u8>>,
+    /// The COMMIT's event index frame, None where it does not apply (see [`crate::index`]).
+    pub event_index: Option<Vec<u8>>,
     pub commits: usize,
     pub stop: Option<String>,
     pub newly_blocked: Vec<(String, String)>,
@@ -149,6 +158,9 @@ pub struct Engine {
     outbox: Outbox,
     /// The decision `decide_one` reuses (see there).
     verdict: Option<Decision>,
+    /// The index frames of the batch being decided, and the batch's number.
+    index: IndexBuilder,
+    batch_no: u64,
 }
 
 fn now() -> (u64, u64) {
@@ -192,6 +204,8 @@ impl Engine {
             record: RecordWriter::default(),
             outbox,
             verdict: None,
+            index: IndexBuilder::default(),
+            batch_no: 0,
         })
     }
 
@@ -208,7 +222,14 @@ impl Engine {
             }
         }
         let (name, pid) = self.store.dedup.intern(process);
-        let c = Contract { name, pid, keys };
+        let outputs = Outputs::new(outputs);
+        let c = Contract {
+            name,
+            pid,
+            keys,
+            outputs,
+            mark: 0,
+        };
         match self.contract_ids.get(process) {
             Some(&i) => self.contracts[i] = c,
             None => {
@@ -352,6 +373,8 @@ impl Engine {
         };
         let mut out = BatchOut::default();
         self.start_output(frames, &mut out);
+        self.index.start();
+        self.batch_no += 1;
         // Each update is decoded one step ahead of its decision, and its slot in the
         // de-duplication table prefetched, so that the table's cache miss overlaps the
         // decision before it. Decoding reads only the frame, so the order of effects is
@@ -414,6 +437,10 @@ impl Engine {
         let moved = decisions_at - (self.decisions.len() - body);
         out.decision_at.iter_mut().for_each(|at| *at -= moved);
         out.decisions_msg = std::mem::take(&mut self.decisions);
+        let blocked_or_stopped = !out.newly_blocked.is_empty() || out.stop.is_some();
+        out.commit_index = self.index.commit_index(blocked_or_stopped);
+        let contracts = &self.contracts;
+        out.event_index = self.index.event_index(|p| &contracts[p].outputs);
         if out.commits > 0 {
             put::list_end(&mut self.events, "events", events_at, out.commits);
             out.events_msg = Some(std::mem::take(&mut self.events));
@@ -441,10 +468,21 @@ impl Engine {
         let mut d = self.verdict.take().unwrap_or_else(|| {
             Decision::new(Arc::from(""), Arc::from(""), 0, Status::Committed)
         });
-        self.decide(u, s, key, ctx, out, &mut d);
-        if d.status != Status::Committed {
+        let contract = self.decide(u, s, key, ctx, out, &mut d);
+        let committed = d.status == Status::Committed;
+        if !committed {
             self.drop_heavy(s, out);
         }
+        let (process, first_of_process) = match contract.filter(|_| committed) {
+            Some(i) => {
+                let c = &mut self.contracts[i];
+                let first = c.mark != self.batch_no;
+                c.mark = self.batch_no;
+                (Some(i), first)
+            }
+            None => (None, false),
+        };
+        self.index.decided(&d, u.task, process, first_of_process);
         out.decision_at.push(self.decisions.len());
         d.encode_as(u.task, &mut self.decisions);
         self.verdict = Some(d);
@@ -460,7 +498,8 @@ impl Engine {
         }
     }
 
-    /// Decide update `u` into `d` (whatever `d` held before is overwritten).
+    /// Decide update `u` into `d` (whatever `d` held before is overwritten); the number of
+    /// the process's contract when it has one (None for a duplicate or an expired update).
     #[allow(clippy::too_many_arguments)]
     fn decide(
         &mut self,
@@ -470,10 +509,10 @@ impl Engine {
         ctx: &Ctx<'_>,
         out: &mut BatchOut,
         d: &mut Decision,
-    ) {
+    ) -> Option<usize> {
         let dedup = &mut self.store.dedup;
         if dedup.duplicate_into(key, d) {
-            return;
+            return None;
         }
         dedup.observe(u.born_ms, ctx.now_ms);
         let now = (ctx.now_ms, ctx.now_us);
@@ -500,7 +539,7 @@ impl Engine {
                  earlier attempt may have committed, so this one is not",
                 u.born_ms.unwrap_or(0)
             );
-            return;
+            return None;
         }
         let notes = self.judge(u, s, contract, ctx, d, out);
         if let Some(notes) = &notes {
@@ -513,6 +552,7 @@ impl Engine {
         } else {
             self.record(u, (key, pid), d, &[]);
         }
+        contract
     }
 
     /// Everything before CAS. Some(notes) when the update may commit; otherwise `d` holds

@@ -7,6 +7,7 @@ pub mod engine;
 pub mod error;
 pub mod fxhash;
 pub mod heavy;
+pub mod index;
 pub mod journal;
 mod keytable;
 pub mod msgpack;
