@@ -68,9 +68,6 @@ class HeldAnswers:
         self._held: deque[tuple[int, float, list[Accepted]]] = deque()  # (seq, due, ...)
         self.next_due: float | None = None  # when the first held ACCEPTED falls due
 
-    def __bool__(self) -> bool:
-        return bool(self._waiting or self._held)
-
     def add(self, sock: zmq.Socket[Any], identity: bytes, frames: list[Any]) -> None:
         """An answer of this pass that leaves once the pass's journal write is durable."""
         self._answers.append((sock, identity, frames))
@@ -79,14 +76,16 @@ class HeldAnswers:
         """An ACCEPTED of this pass (see the module docstring)."""
         self._accepted.append(answer)
 
-    def end_pass(self, seq: int, now: float) -> None:
-        """This pass's answers belong to journal write `seq` (0: no journal)."""
+    def end_pass(self, seq: int, now: float) -> bool:
+        """This pass's answers belong to journal write `seq` (0: no journal). Whether any
+        answer is held (the loop then calls `release`)."""
         if self._answers:
             self._waiting.append((seq, self._answers))
             self._answers = []
         if self._accepted:
             self._held.append((seq, now + self._delay_s, self._accepted))
             self._accepted = []
+        return bool(self._waiting or self._held)
 
     def release(self, durable: int, now: float, entries: Collection[str],
                 force: bool = False) -> int | None:

@@ -228,11 +228,10 @@ class Broker:
     def _hand_off(self) -> None:
         """End of a pass: group commit (one write, then the fsync request: after this
         pass's messages left); send the held answers that may leave."""
-        j, answers = self._journal, self._answers
+        j = self._journal
         if j is not None:
             j.commit()
-        answers.end_pass(0 if j is None else j.wanted, self._now)
-        if answers:
+        if self._answers.end_pass(0 if j is None else j.wanted, self._now):
             self._release()
 
     def _release(self) -> None:
@@ -381,9 +380,13 @@ class Broker:
             if self._send(self.frontend, producer, encode(Cmd.RESULT, {"decisions": decisions})):
                 self.counters["result.undelivered"] += len(decisions)
         raw, self._raw_results = self._raw_results, []
-        for producer, frames in raw:  # a DECISION header (and index) is a valid RESULT
-            if self._send(self.frontend, producer, encode_raw(Cmd.RESULT, *frames)):
-                self.counters["result.undelivered-batches"] += 1
+        for producer, frames in raw:
+            self._send_raw_result(producer, frames)
+
+    def _send_raw_result(self, producer: bytes, frames: list[Any]) -> None:
+        """A DECISION header (and its commit index) sent on as a RESULT: it is a valid one."""
+        if self._send(self.frontend, producer, encode_raw(Cmd.RESULT, *frames)):
+            self.counters["result.undelivered-batches"] += 1
 
     # -- dispatch -----------------------------------------------------------------------
     def _dispatch(self) -> None:
@@ -404,8 +407,10 @@ class Broker:
             ready = still
 
     def _dispatch_one(self, w: Worker) -> bool:
-        """Send one DISPATCH to w; False when it got nothing (or could not be reached)."""
-        batch = self._queues.take(w.processes, min(w.credit, self.config.max_dispatch_batch))
+        """Send one DISPATCH to w; True when w may get more in another round (a full
+        batch: a short one emptied every queue it can take from)."""
+        n = min(w.credit, self.config.max_dispatch_batch)
+        batch = self._queues.take(w.processes, n)
         if not batch:
             return False
         born, fresh = 0, []
@@ -437,21 +442,47 @@ class Broker:
         w.credit -= len(batch)
         w.beat_at = now + self.config.heartbeat_interval_ms / 1000
         self.counters["dispatched"] += len(batch)
-        return True
+        return len(batch) == n
 
     # -- tasks leaving the broker ---------------------------------------------------------
-    def _finish(self, entry: Entry, decision: dict[str, Any]) -> None:
-        del self._entries[entry.id]
-        self._recent.add(entry.id, decision)
-        if not entry.producer:  # restored from the journal: kept in recent for resubmits
-            self.counters[_DECIDED[decision["status"]]] += 1
+    def _finish(self, batch: list[Entry], decisions: list[dict[str, Any]] | None = None,
+                version: int = 0) -> None:
+        """These tasks were decided for good: they leave their workers (if still with one)
+        and the broker, and their decisions go to the recent table and, one RESULT per
+        producer, to their producers. `decisions` None: plain commits, versions `version`,
+        `version + 1`, ... (a commit index), whose RESULT the caller forwards whole."""
+        self._leave_workers(batch, forget=True)
+        if decisions is None:
+            self._recent.add_commits(batch, version)
+            self.counters["decided.committed"] += len(batch)
             return
-        batch = self._results.get(entry.producer)
-        if batch is None:
-            self._results[entry.producer] = [decision]
-        else:
-            batch.append(decision)
-        self.counters[_DECIDED[decision["status"]]] += 1
+        recent, results, counters = self._recent, self._results, self.counters
+        for e, d in zip(batch, decisions, strict=True):
+            recent.add(e.id, d)
+            counters[_DECIDED[d["status"]]] += 1
+            if e.producer:  # b"": restored from the journal, kept in recent for resubmits
+                mine = results.get(e.producer)
+                if mine is None:
+                    results[e.producer] = [d]
+                else:
+                    mine.append(d)
+
+    def _leave_workers(self, batch: list[Entry] | tuple[Entry, ...], *,
+                       forget: bool = False) -> None:
+        """Tasks no longer in flight: out of their workers' in-flight sets; with `forget`,
+        out of the broker's table too."""
+        entries, workers, wid, inflight = self._entries, self._workers, None, None
+        for e in batch:
+            if e.worker is not None:
+                if e.worker != wid:  # one lookup per run of tasks of one worker
+                    wid = e.worker
+                    w = workers.get(wid)
+                    inflight = None if w is None else w.inflight
+                if inflight is not None:
+                    inflight.pop(e.id, None)
+                e.worker = None
+            if forget:
+                del entries[e.id]
 
     def _requeue(self, entries: list[Entry], why: str) -> None:
         """Queue undecided tasks again with attempt + 1: at once after their first failure,
@@ -495,7 +526,7 @@ class Broker:
         self.counters["dead_lettered"] += 1
         log.warning("task %s dead-lettered: %s", entry.id, why,
                     extra={"task": entry.id, "proc": entry.process})
-        self._finish(entry, decision)
+        self._finish([entry], [decision])
 
     def _evict(self, w: Worker, why: str) -> None:
         if self._workers.pop(w.identity, None) is None:
@@ -686,25 +717,25 @@ class Broker:
         self._dirty = True
 
     def _on_decision(self, identity: bytes, msg: Message) -> None:
+        """The general path (any decision; `_on_commits` takes plain commits first): act on
+        each valid decision, then finish the final ones together."""
         bad = 0
-        decisions, done, producers = msg.header["decisions"], [], set()
+        decisions, done, finals = msg.header["decisions"], [], []
         for decision in decisions:
             if decision_ok(decision):
-                producer = self._apply(decision)
-                if producer is not None:
+                entry = self._apply(decision)
+                if entry is not None:
                     done.append(decision)
-                    producers.add(producer)
+                    finals.append(entry)
             else:
                 bad += 1
-        whole = len(done) == len(decisions) and len(self._raw) <= RAW_RECORD_MAX
-        if done and self._journal is not None:
-            if whole:
-                self._journal.decided_raw(self._raw, len(done))  # as received: no re-encode
-            else:
-                for decision in done:
-                    self._journal.decided(decision)
-        if whole and len(producers) == 1:
-            self._forward_raw(producers.pop(), len(done), msg.blobs)
+        if finals:
+            whole = len(done) == len(decisions)
+            self._finish(finals, done)
+            self._journal_decided(done, whole)
+            producers = {e.producer for e in finals}
+            if whole and len(producers) == 1:
+                self._forward_raw(producers.pop(), len(done), msg.blobs)
         if bad:  # the good ones were applied; the sender hears about the rest
             self.counters["control.decision-invalid"] += bad
             self.counters["malformed"] += bad
@@ -714,9 +745,22 @@ class Broker:
     def _forward_raw(self, producer: bytes, n: int, index: list[Any]) -> None:
         """Every decision of this DECISION went to one producer, and nothing else did in
         this pass: its RESULT is the DECISION header as received (with its commit index)."""
-        if producer and len(self._results.get(producer, ())) == n:
+        if producer and len(self._results.get(producer, ())) == n \
+                and len(self._raw) <= RAW_RECORD_MAX:
             del self._results[producer]
             self._raw_results.append((producer, [self._raw, *index[:1]]))
+
+    def _journal_decided(self, done: list[dict[str, Any]], whole: bool) -> None:
+        """The final decisions of this DECISION: its header as received when they are all
+        of it (no re-encode), else one record each."""
+        j = self._journal
+        if j is None:
+            return
+        if whole and len(self._raw) <= RAW_RECORD_MAX:
+            j.decided_raw(self._raw, len(done))
+        else:
+            for decision in done:
+                j.decided(decision)
 
     def _on_commits(self, raw: bytes, index: bytes) -> bool:
         """A DECISION with a commit index (every decision a plain commit, see
@@ -741,27 +785,18 @@ class Broker:
             batch.append(e)
         if not producer or producer in self._results or len(set(ids)) != len(ids):
             return False
-        workers = self._workers
-        wid, inflight = None, None
-        for e in batch:
-            if e.worker != wid:
-                wid = e.worker
-                w = workers.get(wid)  # type: ignore[arg-type]
-                inflight = None if w is None else w.inflight
-            if inflight is not None:
-                inflight.pop(e.id, None)
-            e.worker = None
-            del entries[e.id]
-        self._recent.add_commits(batch, version)
-        self.counters["decided.committed"] += len(batch)
+        self._finish(batch, None, version)
+        if self._raw_results:  # after the RESULTs queued before it
+            self._raw_results.append((producer, [raw, index]))
+        else:  # at once: nothing else of this pass goes to that producer before it
+            self._send_raw_result(producer, [raw, index])
         if self._journal is not None:
             self._journal.decided_raw(raw, len(batch))  # as received: no re-encode
-        self._raw_results.append((producer, [raw, index]))
         return True
 
-    def _apply(self, d: dict[str, Any]) -> bytes | None:
-        """Act on one decision; when it was final (the task left the broker), return the
-        producer it goes to (b"" for a task restored from the journal), else None."""
+    def _apply(self, d: dict[str, Any]) -> Entry | None:
+        """Act on one decision; the task's entry when it was final (the caller finishes
+        it), else None. Either way the task is no longer in flight."""
         entry = self._entries.get(d["task"])
         if entry is None:
             self.counters["decision.unknown"] += 1
@@ -772,14 +807,10 @@ class Broker:
                                     and d["status"] != "duplicate"):
             self.counters["decision.stale"] += 1
             return None
-        w = self._workers.get(entry.worker)
-        if w is not None:
-            w.inflight.pop(entry.id, None)
-        entry.worker = None
+        self._leave_workers((entry,))  # a second decision of it in this message is stale
         status = d["status"]
         if status in FINAL:
-            self._finish(entry, d)  # journaled by the caller, for the whole DECISION
-            return entry.producer
+            return entry
         self.counters[_DECIDED[status]] += 1
         if status == "conflict":
             self._conflict(entry, d)

@@ -21,7 +21,7 @@ import zmq
 from brokers import Broker, BrokerConfig, serve
 from brokers.state import Entry, TaskQueues
 from pipeline.errors import ConfigError
-from pipeline.protocol import SCHEMA, Cmd, Message, decode, encode
+from pipeline.protocol import SCHEMA, Cmd, Message, decode, encode, pack_commit_index
 
 DEADLINE_S = 2.0
 
@@ -226,6 +226,29 @@ def test_conflict_dispatches_again_with_next_attempt_and_after(net: Net) -> None
     net.decide(sink, decision("t1", attempt=3, version=10))
     assert net.expect(prod, Cmd.RESULT)["decisions"][0]["attempt"] == 3
     assert net.counter("decision.stale") == 1
+
+
+def test_a_decision_repeated_in_one_message_counts_once(net: Net) -> None:
+    """The general path finishes a DECISION's final decisions together: a task decided
+    twice in one message (a final and a stale copy, mixed with a conflict) is finished
+    once, and the plain-commit path (commit index) is not fooled by repeated ids."""
+    prod, sink = net.producer(), net.sink()
+    net.submit(prod, task("t1"), task("t2"), task("t3"))
+    worker = net.worker(["p"], credit=5)
+    assert ids(net.expect(worker, Cmd.DISPATCH)) == ["t1", "t2", "t3"]
+    net.decide(sink, decision("t1", version=1), decision("t2", "conflict", version=1),
+               decision("t1", "rejected"))
+    result = net.expect(prod, Cmd.RESULT)["decisions"]
+    assert [(d["task"], d["status"]) for d in result] == [("t1", "committed")]
+    assert net.counter("decision.stale") == 1
+    frames = encode(Cmd.DECISION, {"decisions": [decision("t3", version=2)] * 2})
+    sink.send_multipart([*frames, pack_commit_index(["t3", "t3"], [1, 1], 2)])
+    assert [d["task"] for d in net.expect(prod, Cmd.RESULT)["decisions"]] == ["t3"]
+    assert [(t["id"], t["attempt"]) for t in net.expect(worker, Cmd.DISPATCH)["tasks"]] \
+        == [("t2", 2)]  # the conflict, dispatched again
+    assert net.broker.status()["tasks"] == 1
+    assert net.counter("decision.stale") == 2
+    assert net.counter("decided.committed") == 2
 
 
 def test_conflicts_past_their_budget_go_to_dead_letters(make_net: Callable[..., Net]) -> None:
