@@ -77,6 +77,7 @@ class Worker:
         # that it does (`_follow_commits`), it does not subscribe, and the sink's PUB sends
         # it no COMMIT at all (docs/ARCHITECTURE.md, "Who follows the commit stream").
         self.following = bool(self._interest)
+        self._version_read = False  # a process read ctx.version while we did not follow
         self.pending: deque[tuple[float, dict[str, Any]]] = deque()
         self.gate = KeyGate()
         self._stuck_reported = 0.0
@@ -221,26 +222,12 @@ class Worker:
             except DecodeError as exc:
                 self.counters["malformed"] += 1
                 log.warning("worker: bad task in DISPATCH (%s)", exc.reason)
-        if not self.following:
-            self._check_after(header["tasks"])
-
-    def _check_after(self, tasks: list[Any]) -> None:
-        """Follow the commit stream from now on if a task waits for a global version
-        beyond our replica's (`after`: a retry after a conflict on the global version,
-        `assert_version` say): a replica that does not follow the stream would not reach
-        it."""
-        version = self.replica.version
-        for task in tasks:
-            after = task.get("after") if type(task) is dict else None
-            if type(after) is int and after > version:
-                self._follow_commits()
-                return
 
     def _follow_commits(self) -> None:
         """Subscribe to COMMIT (for good) and take a snapshot: the replica's version is
         current once it arrives (a commit published before the subscription took effect
         shows up as a gap, and a gap as a resync), and the stream keeps it so."""
-        self.following = True
+        self.following, self._version_read = True, False
         self.counters["follow"] = self.counters.get("follow", 0) + 1
         log.info("worker %s: following the commit stream (a task needs the global "
                  "version)", self.config.name)
@@ -334,8 +321,13 @@ class Worker:
     def _ready(self, since: float, task: dict[str, Any], now: float) -> bool:
         """A task runs once the replica has reached its `after` version and none of the
         keys its process declares is written by an update of ours still undecided."""
-        if task.get("after", 0) > self.replica.version and now - since < AFTER_WAIT_S:
-            return False
+        if task.get("after", 0) > self.replica.version:
+            if not self.following:
+                # a retry after a conflict on the global version (`assert_version`, say):
+                # a replica that does not follow the stream would not reach it
+                self._follow_commits()
+            if now - since < AFTER_WAIT_S:
+                return False
         spec = self.specs.get(task["process"])
         return spec is None or not self.gate.blocks(spec, now)
 
@@ -352,6 +344,9 @@ class Worker:
             # ready at once: no `after` beyond our version, and no key held (`_ready`)
             if (task.get("after", 0) > version or held) and not self._ready(since, task, now):
                 deferred.append((since, task))
+                if not self.replica.synced:  # `_ready` made us follow: wait for the snapshot
+                    deferred.extend(pending)
+                    pending.clear()
                 continue
             if seal:  # no task code runs while an exported array is still writable
                 self._seal()
@@ -367,7 +362,7 @@ class Worker:
             updates.append(update)
             ran.append(task)
         self.pending = deferred
-        if not self.following and any(u.get("base") is not None for u in updates):
+        if self._version_read:
             self._follow_commits()  # a process read ctx.version: keep it current from now on
         if updates:
             frames = self._encode(updates, ran)
@@ -459,8 +454,11 @@ class Worker:
         spec = self.specs.get(task["process"])
         if spec is None:
             raise UnknownProcessError(f"process {task['process']!r} is not loaded here")
-        ctx = build_context(task, spec, self.replica, self.heavy, self.following)
+        follows = self.following
+        ctx = build_context(task, spec, self.replica, self.heavy, follows)
         result = spec.func(ctx, **task["args"])
+        if not follows and ctx.base is not None:
+            self._version_read = True  # the process read ctx.version (`_run_pending`)
         return to_update(ctx, result, self.heavy)
 
     # -- housekeeping ----------------------------------------------------------------------
