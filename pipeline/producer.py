@@ -134,19 +134,29 @@ class Producer(LedgerViews):
     def poll(self, timeout_ms: int) -> int:
         """Read acknowledgements and results for up to `timeout_ms`; return messages read."""
         n = 0
-        while True:
-            ready = dict(self._poller.poll(timeout_ms if n == 0 else 0))
-            if not ready:
-                break
-            if ready.get(self._monitor):
+        for sock, _ in self._poller.poll(timeout_ms):
+            if sock is self.sock:
+                n += self._drain()
+            else:
                 self._on_monitor(recv_monitor_message(self._monitor))
-            if ready.get(self.sock):
-                self._handle(self.sock.recv_multipart())
-                self.ledger.heard = time.monotonic()
-            n += 1
+                n += 1
         overdue = self.ledger.overdue()
         if overdue:
             self._resend(overdue)
+        return n
+
+    def _drain(self) -> int:
+        """Read every message waiting on the socket (no second poll to find them)."""
+        n, sock, handle = 0, self.sock, self._handle
+        while True:
+            try:
+                frames = sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            handle(frames)
+            n += 1
+        if n:
+            self.ledger.heard = time.monotonic()
         return n
 
     def _on_monitor(self, event: Mapping[str, Any]) -> None:
