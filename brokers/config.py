@@ -11,6 +11,8 @@ from typing import Any
 
 from pipeline.errors import ConfigError
 
+MAX_ACCEPTED_DELAY_MS = 1000
+
 
 @dataclass(frozen=True, slots=True)
 class BrokerConfig:
@@ -47,7 +49,8 @@ class BrokerConfig:
     journal_dir: str | None = None
     journal_fsync: bool = True
     # An ACCEPTED leaves once its tasks are fsynced and this long after their SUBMIT; it is
-    # left out when every task it names was decided meanwhile (docs/PROTOCOL.md).
+    # left out when every task it names was decided meanwhile (docs/PROTOCOL.md). At most
+    # MAX_ACCEPTED_DELAY_MS: producers resend what stays unanswered (ack_timeout_s, 5 s).
     accepted_delay_ms: int = 2
     # Compact the journal when it holds more than max(min, ratio * live) records.
     journal_compact_min_records: int = 10_000
@@ -88,6 +91,9 @@ class BrokerConfig:
             raise ConfigError("broker.journal_dir must be a non-empty string or None")
         if not isinstance(self.journal_fsync, bool):
             raise ConfigError("broker.journal_fsync must be true or false")
+        if self.accepted_delay_ms > MAX_ACCEPTED_DELAY_MS:
+            raise ConfigError(f"broker.accepted_delay_ms must be <= {MAX_ACCEPTED_DELAY_MS} "
+                              "(producers resend tasks left unanswered after ack_timeout_s)")
         per = self.max_attempts_per_process
         if not isinstance(per, dict) or not all(
                 isinstance(k, str) and type(v) is int and v >= 1 for k, v in per.items()):

@@ -527,6 +527,9 @@ def test_config_is_validated() -> None:
         BrokerConfig(heartbeat_interval_ms="1000")  # type: ignore[arg-type]
     with pytest.raises(ConfigError):
         BrokerConfig.from_mapping({"heartbeat_ms": 5})
+    for delay in (-1, 1001):  # an ACCEPTED must come long before producers resend
+        with pytest.raises(ConfigError, match="accepted_delay_ms"):
+            BrokerConfig(accepted_delay_ms=delay)
     config = BrokerConfig.from_mapping({"retry_base_backoff_ms": 10, "retry_max_backoff_ms": 50})
     assert [config.backoff_ms(n) for n in (1, 2, 3, 4)] == [10, 20, 40, 50]
     assert config.expiry_ms == 3000
