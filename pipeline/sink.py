@@ -56,7 +56,6 @@ class Sink:
                              dedup_max_entries=config.dedup_max_entries)
         for spec in self.specs.values():
             self.engine.register(spec.name, list(spec.inputs), list(spec.outputs))
-        self._outputs = {spec.name: spec.outputs for spec in self.specs.values()}
         self._fault = os.environ.get("PIPELINE_FAULT")
         self.heavy = HeavyStore(config.namespace)
         self._vetted: dict[bytes, str | None] = {}
@@ -290,12 +289,18 @@ class Sink:
         self.counters["commits"] += batch.commits
         for reason in batch.malformed:
             self._count_malformed(reason)
-        commit_index, event_index = _indexes(batch, self._outputs)
-        if batch.events is not None:
-            self.events.send_multipart(proto.encode_raw(Cmd.COMMIT, batch.events,
-                                                        *event_index))
+        # The index frames (docs/PROTOCOL.md, "The commit index", "The event index") come
+        # ready-made from the engine, which knows each process's declared outputs.
+        events, event_index = batch.events, batch.event_index
+        if events is not None:
+            self.events.send_multipart(proto.encode_raw(Cmd.COMMIT, events) if event_index
+                                       is None else proto.encode_raw(Cmd.COMMIT, events,
+                                                                     event_index))
         self._submit_followups(batch.followups)
-        self._send_control(proto.encode_raw(Cmd.DECISION, batch.decisions, *commit_index))
+        commit_index = batch.commit_index
+        self._send_control(proto.encode_raw(Cmd.DECISION, batch.decisions) if commit_index
+                           is None else proto.encode_raw(Cmd.DECISION, batch.decisions,
+                                                         commit_index))
         # After the publish: adopting segments and freeing superseded ones is bookkeeping of
         # this thread (the journal already holds the commit), not on the commit's path.
         self._settle_heavy(batch, vetted, placed)
@@ -466,6 +471,10 @@ class Sink:
         }
 
 
+# The Python builders of the index frames, replaced by the engine's (Batch.commit_index,
+# Batch.event_index; tests/test_batch_indexes.py holds them to the same bytes). Unused by
+# the sink: kept only because tests/test_commit_index.py (another owner's file) still
+# imports _indexes. Delete the three functions with that test.
 def _indexes(batch: Batch, outputs: Mapping[str, tuple[str, ...]]
              ) -> tuple[tuple[bytes, ...], tuple[bytes, ...]]:
     """The DECISION's commit index frame when every decision of the batch is a plain
