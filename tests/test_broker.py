@@ -576,3 +576,32 @@ def test_recent_decisions_keep_commits_compact_and_give_back_the_same_decision()
     assert len(recent) == 2 and recent.get("a") is None  # the oldest went
     recent.pop("b")
     assert recent.get("b") is None and len(recent) == 1
+
+
+def test_recv_message_gives_what_recv_multipart_gives(tmp_path: Path) -> None:
+    """The broker's own multipart receive (frames say whether more follow): the same
+    frames, empty and large ones included, and zmq.Again when nothing waits."""
+    from brokers.broker import _recv_message
+
+    ctx: zmq.Context[Any] = zmq.Context()
+    router, dealer = ctx.socket(zmq.ROUTER), ctx.socket(zmq.DEALER)
+    try:
+        router.setsockopt(zmq.RCVTIMEO, int(DEADLINE_S * 1000))  # recv_multipart below
+        router.bind(f"ipc://{tmp_path}/r")
+        dealer.connect(f"ipc://{tmp_path}/r")
+        messages = [[b"\x01\x01"], [b"\x01\x21", b"", b"x" * 300_000, b"idx"]]
+        for frames in messages * 2:
+            dealer.send_multipart(frames)
+        got = []
+        for _ in messages:
+            assert router.poll(int(DEADLINE_S * 1000))  # every receive waits for its message
+            got.append(_recv_message(router.recv))
+        identity = got[0][0]
+        assert got == [[identity, *frames] for frames in messages]
+        assert [router.recv_multipart() for _ in messages] == got
+        with pytest.raises(zmq.Again):
+            _recv_message(router.recv)
+    finally:
+        router.close(linger=0)
+        dealer.close(linger=0)
+        ctx.term()
