@@ -3,18 +3,19 @@
 Two kinds wait, each in its own queue of loop passes (a pass's answers share the sequence
 number of that pass's journal write, see brokers/journal.py):
 
-* answers that say something is on disk (a DLQ change's reply, a SUBMIT's REJECTEDs, which
-  keep their order with its ACCEPTED): sent once the fsync that covers the pass is done;
+* answers that say something is on disk (a DLQ change's reply): sent once the fsync that
+  covers the pass is done (a SUBMIT's REJECTEDs say nothing of the disk: they leave at once);
 * ACCEPTEDs: sent once that fsync is done *and* `accepted_delay_ms` has passed since their
   SUBMIT. An ACCEPTED whose every task was decided meanwhile is left out: the RESULTs ended
   those tasks for the producer, and the ACCEPTED would only cost a send and a wake-up (a
   lone task's usual case, decided in about a millisecond). Nothing else changes for the
-  producer: an ACCEPTED still means "on the broker's disk", only later.
+  producer: an ACCEPTED means what it meant ("on the broker's disk" with a journal), later.
 
-The loop asks `release` after every pass; it answers with the sequence number the loop must
-be woken for (the fsync thread writes to the journal's wake pipe once it is durable) or
-None, and `next_due` tells the poll timeout when the first held ACCEPTED falls due. So a
-lone task costs the broker no wake-up of its own for the fsync, none for the ACCEPTED.
+The loop calls `end_pass` and, while anything is held, `release` after every pass; this
+answers with the sequence number the loop must be woken for (the fsync thread writes to the
+journal's wake pipe once it is durable) or None, and `next_due` tells the poll timeout when
+the first held ACCEPTED falls due. So a lone task costs the broker no wake-up of its own for
+the fsync, none for the ACCEPTED.
 """
 
 from __future__ import annotations
