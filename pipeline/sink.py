@@ -18,7 +18,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -486,63 +486,6 @@ class Sink:
             "time": time.time(), "journal_bytes": _dir_bytes(self.config.journal_dir),
             "heavy": self.heavy.stats(), "dedup": self.engine.dedup_stats(),
         }
-
-
-# The Python builders of the index frames, replaced by the engine's (Batch.commit_index,
-# Batch.event_index; tests/test_batch_indexes.py holds them to the same bytes). Unused by
-# the sink: kept only because tests/test_commit_index.py (another owner's file) still
-# imports _indexes. Delete the three functions with that test.
-def _indexes(batch: Batch, outputs: Mapping[str, tuple[str, ...]]
-             ) -> tuple[tuple[bytes, ...], tuple[bytes, ...]]:
-    """The DECISION's commit index frame when every decision of the batch is a plain
-    commit (the broker and the producer then act on the commits without decoding the
-    header: docs/PROTOCOL.md, "The commit index"), and the COMMIT's event index frame
-    (its versions and the declared outputs of the processes that committed: the engine
-    refused any other write, so they name every key written; "The event index"). Each
-    is () where it does not apply."""
-    n, commits = len(batch), batch.commits
-    if not commits:
-        return (), ()
-    if commits == n and not batch.newly_blocked and batch.stop is None:
-        ids, attempts, processes = [], [], set()
-        for d in batch:
-            if d.reason or d.rule is not None or d.level is not None or d.blocked:
-                break
-            ids.append(d.task)
-            attempts.append(d.attempt)
-            processes.add(d.process)
-        else:
-            first = batch[0].version
-            if batch[n - 1].version != first + n - 1:
-                return (), ()
-            return ((proto.pack_commit_index(ids, attempts, first),),
-                    _event_index(first, n, processes, outputs))
-    return (), _event_index_of(batch, outputs)
-
-
-def _event_index_of(batch: Batch, outputs: Mapping[str, tuple[str, ...]]) -> tuple[bytes, ...]:
-    """The event index of a batch that is not all plain commits (a slower walk)."""
-    first, count, processes = 0, 0, set()
-    for d in batch:
-        if d.status == "committed":
-            if not count:
-                first = d.version
-            elif d.version != first + count:
-                return ()
-            count += 1
-            processes.add(d.process)
-    return _event_index(first, count, processes, outputs) if count == batch.commits else ()
-
-
-def _event_index(first: int, count: int, processes: set[str],
-                 outputs: Mapping[str, tuple[str, ...]]) -> tuple[bytes, ...]:
-    keys: set[str] = set()
-    for process in processes:
-        declared = outputs.get(process)
-        if declared is None:  # not a contract of ours: no index, the header says it all
-            return ()
-        keys.update(declared)
-    return (proto.pack_event_index(first, count, sorted(keys)),)
 
 
 def _send(sock: zmq.Socket[Any], frames: list[Any]) -> None:

@@ -4,7 +4,6 @@ decoding the header, and fall back to the header whenever it does not fit."""
 
 from __future__ import annotations
 
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -13,7 +12,6 @@ import msgpack
 import pytest
 import zmq
 
-from pipeline._engine import Engine
 from pipeline.api import Decision, Status
 from pipeline.ledger import SubmitLedger
 from pipeline.protocol import (
@@ -26,7 +24,6 @@ from pipeline.protocol import (
     pack_commit_index,
     pack_event_index,
 )
-from pipeline.sink import _indexes
 from tests.test_broker import Net, decision, task
 
 
@@ -105,33 +102,6 @@ def test_ledger_builds_the_same_decisions_as_the_header() -> None:
     unknown = encode_raw(Cmd.RESULT, b"", pack_commit_index(["c", "zz"], [1, 1], 1))
     assert ledger.commits(unknown) is None and "c" in ledger.unacked  # nothing settled
     assert ledger.commits(encode(Cmd.RESULT, {"decisions": []})) is None
-
-
-def _update(tid: str, process: str, data: dict[str, Any] | None = None) -> dict[str, Any]:
-    return {"task": tid, "process": process, "attempt": 1, "worker": "w",
-            "reads": dict.fromkeys(data or {}, 0),
-            "base": 0, "data": data or {}, "heavy": {}, "error": None, "signals": [],
-            "tasks": [], "args": {}, "run_us": 1, "born_ms": None}
-
-
-def test_sink_indexes_only_batches_of_plain_commits() -> None:
-    engine = Engine(tempfile.mkdtemp(prefix="ci-"), fsync="never")
-    engine.register("p", [], ["k"])
-    plain = engine.apply_batch([msgpack.packb({"updates": [
-        _update("a", "p", {"k": 1}), _update("b", "p")]})])
-    (index,), (events,) = _indexes(plain, {"p": ("k",)})
-    wire = msgpack.unpackb(plain.decisions)["decisions"]
-    ids, attempts, first = commit_index(index)  # type: ignore[misc]
-    assert ids == [d["task"] for d in wire] and attempts == [1, 1]
-    assert [first, first + 1] == [d["version"] for d in wire]
-    assert event_index(events) == (first, 2, ["k"])
-    mixed = engine.apply_batch([msgpack.packb({"updates": [
-        _update("c", "p"), _update("d", "p", {"undeclared": 1})]})])
-    assert mixed.commits == 1
-    index_frames, (events,) = _indexes(mixed, {"p": ("k",)})
-    assert index_frames == () and event_index(events) == (first + 2, 1, ["k"])
-    assert _indexes(mixed, {})[1] == ()  # a process the outputs do not name: no index
-    engine.close()
 
 
 def test_no_accepted_for_tasks_decided_before_their_fsync(
