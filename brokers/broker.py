@@ -34,8 +34,8 @@ import zmq
 from brokers.answers import Accepted, HeldAnswers
 from brokers.config import BrokerConfig
 from brokers.dlq import MAX_LIST, DeadLetters, letter, stored_task
-from brokers.journal import MAX_RECORD_BYTES, Replayed, TaskJournal
-from brokers.state import Entry, RecentDecisions, TaskQueues, Worker
+from brokers.journal import RAW_RECORD_MAX, Replayed, TaskJournal
+from brokers.state import Entry, RecentDecisions, TaskQueues, Worker, wall_ms
 from brokers.validate import (
     FINAL,
     MAX_ID_CHARS,
@@ -65,7 +65,6 @@ log = logging.getLogger(__name__)
 
 MAX_PROCESSES = 1024
 STOP_CHECK_MS = 100
-RAW_RECORD_MAX = MAX_RECORD_BYTES // 2  # a bigger header is journaled record by record
 _DECIDED = {s: f"decided.{s}" for s in STATUSES}  # counter keys, built once
 _DECISION_PREFIX = bytes((VERSION, Cmd.DECISION))
 _MORE, _LAST = int(zmq.SNDMORE | zmq.NOBLOCK), int(zmq.NOBLOCK)  # send flags, as plain ints
@@ -425,7 +424,7 @@ class Broker:
         born, fresh = 0, []
         for e in batch:
             if e.fresh:  # no attempt ran yet: the de-duplication window starts now
-                e.task["born_ms"] = born = born or _wall_ms()
+                e.task["born_ms"] = born = born or wall_ms()
                 fresh.append(e.id)
         if fresh and self._journal is not None:
             # In the file before the task can run: after a crash, a task without this
@@ -561,7 +560,7 @@ class Broker:
         busy: list[str] = []
         invalid: dict[str, list[str]] = {}
         room = self.config.max_queue - len(self._entries)
-        tasks, fresh, born = msg.header["tasks"], [], _wall_ms()
+        tasks, fresh, born = msg.header["tasks"], [], wall_ms()
         entries, recent, queues = self._entries, self._recent.ids(), self._queues
         queue, queued = None, ""  # the queue of the last process seen: most SUBMITs have one
         for task in tasks:
@@ -602,8 +601,7 @@ class Broker:
             queues.size += len(fresh)  # those queued here (_enqueue counted its own)
             self._dirty = True
             if self._journal is not None:
-                _journal_submitted(self._journal, self._raw, fresh, len(fresh) == len(tasks),
-                                   born)
+                self._journal.submitted_batch(self._raw, fresh, len(fresh) == len(tasks), born)
         self._answer_submit(producer, accepted, busy, invalid, answered)
 
     def _answer_submit(self, producer: bytes, accepted: list[str], busy: list[str],
@@ -645,7 +643,7 @@ class Broker:
         if born is not None:
             task["born_ms"] = born
         elif type(task.get("born_ms")) is not int:
-            task["born_ms"] = _wall_ms()
+            task["born_ms"] = wall_ms()
         if journal and self._journal is not None:
             self._journal.submitted(task)  # packed now, before attempt and after are set
         task["attempt"] = attempt
@@ -741,7 +739,8 @@ class Broker:
         if finals:
             whole = len(done) == len(decisions)
             self._finish(finals, done)
-            self._journal_decided(done, whole)
+            if self._journal is not None:
+                self._journal.decided_batch(self._raw, done, whole)
             producers = {e.producer for e in finals}
             if whole and len(producers) == 1:
                 self._forward_raw(producers.pop(), len(done), msg.blobs)
@@ -758,18 +757,6 @@ class Broker:
                 and len(self._raw) <= RAW_RECORD_MAX:
             del self._results[producer]
             self._raw_results.append((producer, [self._raw, *index[:1]]))
-
-    def _journal_decided(self, done: list[dict[str, Any]], whole: bool) -> None:
-        """The final decisions of this DECISION: its header as received when they are all
-        of it (no re-encode), else one record each."""
-        j = self._journal
-        if j is None:
-            return
-        if whole and len(self._raw) <= RAW_RECORD_MAX:
-            j.decided_raw(self._raw, len(done))
-        else:
-            for decision in done:
-                j.decided(decision)
 
     def _on_commits(self, raw: bytes, index: bytes) -> bool:
         """A DECISION with a commit index (every decision a plain commit, see
@@ -920,7 +907,7 @@ class Broker:
             return
         # A task the sink refused as expired runs afresh: requeueing it is the operator's
         # word that it did not commit (see docs/RELIABILITY.md). Others keep their stamp.
-        born = _wall_ms() if dead.get("rule") == "dedup_horizon" else None
+        born = wall_ms() if dead.get("rule") == "dedup_horizon" else None
         if self._journal is not None:
             self._journal.requeued(tid, born)
         self._recent.pop(tid)
@@ -969,23 +956,6 @@ def _recv_message(recv: Callable[..., Any]) -> list[bytes]:
         frame = recv(zmq.NOBLOCK, copy=False)
         frames.append(frame.bytes)
     return frames
-
-
-def _wall_ms() -> int:
-    """The broker's wall clock in ms: the `born_ms` stamp (the sink's de-duplication
-    horizon compares stamps of this clock only)."""
-    return time.time_ns() // 1_000_000
-
-
-def _journal_submitted(journal: TaskJournal, raw: bytes, fresh: list[dict[str, Any]],
-                       whole: bool, born: int) -> None:
-    """One record for a SUBMIT whose every task is new (its header bytes as received,
-    and the stamp its tasks got); otherwise one record per new task, stamp included."""
-    if whole and len(raw) <= RAW_RECORD_MAX:
-        journal.submitted_raw(raw, len(fresh), born)
-        return
-    for task in fresh:
-        journal.submitted(stored_task(task))
 
 
 def serve(config: BrokerConfig, ready: Callable[[], None] | None = None,

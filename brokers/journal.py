@@ -68,11 +68,14 @@ from typing import Any
 
 import msgpack
 
+from brokers.dlq import stored_task
+
 log = logging.getLogger(__name__)
 
 FILE_NAME = "tasks.journal"
 _HEAD = struct.Struct("<II")
 MAX_RECORD_BYTES = 64 * 1024 * 1024
+RAW_RECORD_MAX = MAX_RECORD_BYTES // 2  # a bigger header is journaled record by record
 _packer = msgpack.Packer(use_bin_type=True)
 _FINAL = frozenset({"committed", "rejected", "failed", "duplicate"})
 _datasync: Callable[[int], None] = getattr(os, "fdatasync", os.fsync)
@@ -426,6 +429,26 @@ class TaskJournal:
     def decided_raw(self, header: bytes, count: int) -> None:
         """A whole DECISION header of `count` decisions, as received, each final and applied."""
         self._add({"k": "e", "h": header}, sync=False, items=count)
+
+    def submitted_batch(self, header: bytes, tasks: list[dict[str, Any]], whole: bool,
+                        born_ms: int) -> None:
+        """The new tasks of one SUBMIT: one record for the header as received when every
+        task of it is new (`whole`) and it is not too big, else one record per task."""
+        if whole and len(header) <= RAW_RECORD_MAX:
+            self.submitted_raw(header, len(tasks), born_ms)
+            return
+        for task in tasks:
+            self.submitted(stored_task(task))
+
+    def decided_batch(self, header: bytes, decisions: list[dict[str, Any]],
+                      whole: bool) -> None:
+        """The final decisions of one DECISION: its header as received when they are all of
+        it (`whole`, no re-encode) and it is not too big, else one record each."""
+        if whole and len(header) <= RAW_RECORD_MAX:
+            self.decided_raw(header, len(decisions))
+            return
+        for decision in decisions:
+            self.decided(decision)
 
     def dispatched(self, ids: list[str], born_ms: int) -> None:
         """First dispatch of these tasks, stamped `born_ms` (call `write` before sending)."""

@@ -10,9 +10,16 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import time
 from collections import OrderedDict, deque
 from collections.abc import Collection, Iterable
 from typing import Any
+
+
+def wall_ms() -> int:
+    """The broker's wall clock in ms: the `born_ms` stamp (the sink's de-duplication
+    horizon compares stamps of this clock only)."""
+    return time.time_ns() // 1_000_000
 
 
 class Entry:
