@@ -33,8 +33,9 @@ import zmq
 
 from brokers.answers import Accepted, HeldAnswers
 from brokers.config import BrokerConfig
-from brokers.dlq import MAX_LIST, DeadLetters, letter, stored_task
+from brokers.dlq import DeadLetters, letter, stored_task
 from brokers.journal import RAW_RECORD_MAX, Replayed, TaskJournal
+from brokers.operator import OperatorCommands
 from brokers.state import Entry, RecentDecisions, TaskQueues, Worker, wall_ms
 from brokers.validate import (
     FINAL,
@@ -43,7 +44,6 @@ from brokers.validate import (
     Refused,
     check_versions,
     decision_ok,
-    dlq_ids,
     rejected,
     str_list,
     task_id,
@@ -107,20 +107,6 @@ class Broker:
         self._next_tick = self._now
         self._bound = False
         self._closed = False
-        self._tables: dict[zmq.Socket[Any], tuple[str, dict[Cmd, Handler]]] = {
-            self.control: ("control", {
-                Cmd.HELLO: self._on_hello, Cmd.DECISION: self._on_decision,
-                Cmd.BLOCKED: self._on_blocked, Cmd.UNBLOCKED: self._on_unblocked,
-                Cmd.STATUS_REQ: self._on_status_req, Cmd.HEARTBEAT: self._on_nothing,
-                Cmd.DLQ_LIST: self._on_dlq_list, Cmd.DLQ_REQUEUE: self._on_dlq_requeue,
-                Cmd.DLQ_PURGE: self._on_dlq_purge, Cmd.ERROR: self._on_peer_error}),
-            self.backend: ("backend", {
-                Cmd.READY: self._on_ready, Cmd.HEARTBEAT: self._on_heartbeat,
-                Cmd.DISCONNECT: self._on_disconnect, Cmd.ERROR: self._on_peer_error}),
-            self.frontend: ("frontend", {
-                Cmd.SUBMIT: self._on_submit, Cmd.HEARTBEAT: self._on_nothing,
-                Cmd.DISCONNECT: self._on_nothing, Cmd.ERROR: self._on_peer_error}),
-        }
         self._journal: TaskJournal | None = None
         if config.journal_dir is not None:
             self._journal = TaskJournal(
@@ -131,6 +117,26 @@ class Broker:
         self._wake_fd = None if self._journal is None else self._journal.wake_fd
         if self._wake_fd is not None:
             self._poller.register(self._wake_fd, zmq.POLLIN)
+        self._operator = OperatorCommands(
+            config, entries=self._entries, queues=self._queues, workers=self._workers,
+            recent=self._recent, dlq=self._dlq, journal=self._journal, counters=self.counters,
+            control=self.control, send=self._send, answers=self._answers,
+            enqueue=self._enqueue)
+        op = self._operator
+        self._tables: dict[zmq.Socket[Any], tuple[str, dict[Cmd, Handler]]] = {
+            self.control: ("control", {
+                Cmd.HELLO: self._on_hello, Cmd.DECISION: self._on_decision,
+                Cmd.BLOCKED: self._on_blocked, Cmd.UNBLOCKED: self._on_unblocked,
+                Cmd.STATUS_REQ: self._on_status_req, Cmd.HEARTBEAT: self._on_nothing,
+                Cmd.DLQ_LIST: op.on_dlq_list, Cmd.DLQ_REQUEUE: op.on_dlq_requeue,
+                Cmd.DLQ_PURGE: op.on_dlq_purge, Cmd.ERROR: self._on_peer_error}),
+            self.backend: ("backend", {
+                Cmd.READY: self._on_ready, Cmd.HEARTBEAT: self._on_heartbeat,
+                Cmd.DISCONNECT: self._on_disconnect, Cmd.ERROR: self._on_peer_error}),
+            self.frontend: ("frontend", {
+                Cmd.SUBMIT: self._on_submit, Cmd.HEARTBEAT: self._on_nothing,
+                Cmd.DISCONNECT: self._on_nothing, Cmd.ERROR: self._on_peer_error}),
+        }
 
     def _restore(self, state: Replayed) -> None:
         """Queue the journal's undecided tasks again; restore dead letters and decisions."""
@@ -863,76 +869,8 @@ class Broker:
         self._send(self.control, identity, encode(Cmd.STATUS, self.status()))
 
     def status(self) -> dict[str, Any]:
-        """The figures STATUS reports."""
-        q = self._queues
-        return {
-            "role": "broker",
-            "queues": q.counts(),
-            "parked": q.parked(),
-            "delayed": q.delayed(),
-            "in_flight": sum(len(w.inflight) for w in self._workers.values()),
-            "tasks": len(self._entries),
-            "workers": [w.status() for w in self._workers.values()],
-            "counters": dict(self.counters),
-            "blocked": [{"process": p, "reason": r} for p, r in q.blocked.items()],
-            "recent_decided": len(self._recent),
-            "dead_letters": len(self._dlq),
-            "dead_by_process": self._dlq.by_process(),
-            "sink": self._sink is not None,
-            "journal": None if self._journal is None else {
-                **self._journal.counters, "file_records": self._journal.records},
-        }
-
-    # -- control: the dead-letter queue ---------------------------------------------------
-    def _on_dlq_list(self, identity: bytes, msg: Message) -> None:
-        ids = dlq_ids(msg.header, allow_none=True)
-        items = self._dlq.select(ids)
-        self._dlq_reply(identity, items[:MAX_LIST], [d["id"] for d in items])
-
-    def _on_dlq_requeue(self, identity: bytes, msg: Message) -> None:
-        ids = dlq_ids(msg.header, allow_none=False)
-        done = self._dlq.remove(ids if ids is not None else list(self._dlq.items))
-        room = self.config.max_queue - len(self._entries)
-        for dead in done:
-            self._requeue_dead(dead, room > 0)
-            room -= 1
-        self.counters["dlq.requeued"] += len(done)
-        self._dlq_reply(identity, done[:MAX_LIST], [d["id"] for d in done])
-
-    def _requeue_dead(self, dead: dict[str, Any], fits: bool) -> None:
-        tid = dead["id"]
-        if tid in self._entries or not fits:
-            self.counters["dlq.requeue-skipped"] += 1
-            self._dlq.add(dead)
-            return
-        # A task the sink refused as expired runs afresh: requeueing it is the operator's
-        # word that it did not commit (see docs/RELIABILITY.md). Others keep their stamp.
-        born = wall_ms() if dead.get("rule") == "dedup_horizon" else None
-        if self._journal is not None:
-            self._journal.requeued(tid, born)
-        self._recent.pop(tid)
-        task = dict(dead["task"])
-        if born is None and type(dead.get("born_ms")) is int:
-            task["born_ms"] = dead["born_ms"]
-        self._enqueue(task, b"", journal=False, attempt=dead["attempt"] + 1, born=born)
-
-    def _on_dlq_purge(self, identity: bytes, msg: Message) -> None:
-        ids = dlq_ids(msg.header, allow_none=False)
-        done = self._dlq.remove(ids if ids is not None else list(self._dlq.items))
-        if self._journal is not None:
-            for dead in done:
-                self._journal.purged(dead["id"])
-        self.counters["dlq.purged"] += len(done)
-        self._dlq_reply(identity, [], [d["id"] for d in done])
-
-    def _dlq_reply(self, identity: bytes, items: list[dict[str, Any]],
-                   affected: list[str]) -> None:
-        """Answer after this pass's journal write: the change is durable when it arrives."""
-        frames = encode(Cmd.DLQ, {"items": items, "affected": affected, "total": len(self._dlq)})
-        if self._journal is None:
-            self._send(self.control, identity, frames)
-        else:
-            self._answers.add(self.control, identity, frames)
+        """The figures STATUS reports (brokers/operator.py)."""
+        return self._operator.status(self._sink is not None)
 
     # -- any socket ---------------------------------------------------------------------
     def _on_nothing(self, identity: bytes, msg: Message) -> None:
