@@ -319,12 +319,6 @@ fn unreleased_commits_are_handed_out_again_after_a_restart() {
     assert_eq!((upto, events.len(), tasks.len()), (3, 0, 0));
 }
 
-const BLOCK_RECIPE: &str = r#"
-[process.p]
-max_threshold = 2
-rules = [{ name = "a-small", field = "output.a", max = 10 }]
-"#;
-
 #[test]
 fn blocks_and_unblocks_survive_a_restart() {
     let dir = tempfile::tempdir().unwrap();

@@ -119,12 +119,6 @@ fn any_other_decision_leaves_out_the_commit_index_only() {
     );
 }
 
-const BLOCK_RECIPE: &str = r#"
-[process.p]
-max_threshold = 2
-rules = [{ name = "a-small", field = "output.a", max = 10 }]
-"#;
-
 #[test]
 fn a_batch_that_blocks_a_process_has_no_commit_index() {
     let dir = tempfile::tempdir().unwrap();

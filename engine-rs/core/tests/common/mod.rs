@@ -77,3 +77,10 @@ pub fn get<'a>(v: &'a Value, name: &str) -> &'a Value {
         .map(|(_, v)| v)
         .unwrap_or(&Value::Nil)
 }
+
+/// Process "p" may write `a` up to 10, and is blocked after two failures.
+pub const BLOCK_RECIPE: &str = r#"
+[process.p]
+max_threshold = 2
+rules = [{ name = "a-small", field = "output.a", max = 10 }]
+"#;
