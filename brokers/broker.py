@@ -55,13 +55,14 @@ from brokers.validate import (
 )
 from pipeline.errors import DecodeError
 from pipeline.protocol import VERSION, Cmd, Message, decode, encode, error
+from pipeline.sockets import MORE, NOBLOCK, send_frames
 
 log = logging.getLogger(__name__)
 
 MAX_PROCESSES = 1024
 STOP_CHECK_MS = 100
 _DECISION_PREFIX = bytes((VERSION, Cmd.DECISION))
-_MORE, _LAST = int(zmq.SNDMORE | zmq.NOBLOCK), int(zmq.NOBLOCK)  # send flags, as plain ints
+_MORE = MORE | NOBLOCK  # the identity frame's send flags, as a plain int
 
 Handler = Callable[[bytes, Message], None]
 
@@ -303,15 +304,11 @@ class Broker(DecisionPath):
 
     def _send(self, sock: zmq.Socket[Any], identity: bytes, frames: list[Any]) -> str | None:
         """Send without blocking; None on success, else "again" or "unroutable" (counted).
-        Frame by frame with plain int flags, as `send_multipart` does but without its
-        per-frame checks and flag arithmetic on enums: 6.4 -> 2.5 us for 4 frames. A ROUTER
-        refuses a message at its first frame (unknown peer, full pipe), never midway."""
-        send = sock.send
+        A ROUTER refuses a message at its first frame (unknown peer, full pipe), never
+        midway."""
         try:
-            send(identity, _MORE)
-            for frame in frames[:-1]:
-                send(frame, _MORE)
-            send(frames[-1], _LAST)
+            sock.send(identity, _MORE)
+            send_frames(sock, frames, NOBLOCK)
             return None
         except zmq.Again:
             why = "again"

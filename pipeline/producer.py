@@ -30,6 +30,7 @@ from pipeline.api import Decision
 from pipeline.errors import DecodeError, PipelineError, TaskTimeout
 from pipeline.ledger import LedgerViews, SubmitLedger, rejection, task_maps
 from pipeline.protocol import Cmd
+from pipeline.sockets import send_frames
 
 
 class TaskHandle:
@@ -123,12 +124,12 @@ class Producer(LedgerViews):
 
     def _send(self, tasks: list[dict[str, Any]]) -> None:
         self.ledger.sent(tasks)
-        self.sock.send_multipart(proto.encode(Cmd.SUBMIT, {"tasks": tasks}))
+        send_frames(self.sock, proto.encode(Cmd.SUBMIT, {"tasks": tasks}))
 
     def _resend(self, tasks: list[dict[str, Any]]) -> None:
         """Send tasks again under their ids (idempotent at the broker)."""
         for frames in self.ledger.resend_frames(tasks):
-            self.sock.send_multipart(frames)
+            send_frames(self.sock, frames)
 
     # -- receiving -------------------------------------------------------------------------
     def poll(self, timeout_ms: int) -> int:

@@ -34,6 +34,7 @@ from pipeline.heavy.names import namespace_dir
 from pipeline.heavy.remote import c_strides, check_blob, placeholder_layout
 from pipeline.protocol import Cmd
 from pipeline.security import apply_curve, stamp_identity
+from pipeline.sockets import send_frames
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +42,6 @@ RECLAIM_INTERVAL_S = 5.0
 # PIPELINE_FAULT=crash-after-journal makes the sink die right after a batch that committed
 # is journaled and before anything is published: the crash the outbox must survive.
 FAULT_EXIT = 70
-_MORE = int(zmq.SNDMORE)  # as a plain int (see _send)
 
 
 class Sink:
@@ -319,7 +319,7 @@ class Sink:
                     else proto.encode_raw(Cmd.DECISION, batch.decisions, commit_index))
         followups = batch.followups
         if events is not None:
-            _send(self.events, proto.encode_raw(Cmd.COMMIT, events) if event_index is None
+            send_frames(self.events, proto.encode_raw(Cmd.COMMIT, events) if event_index is None
                   else proto.encode_raw(Cmd.COMMIT, events, event_index))
         if followups:
             self._submit_followups(followups)
@@ -402,7 +402,7 @@ class Sink:
         log.warning("sink: malformed update dropped (%s)", reason)
 
     def _send_control(self, frames: list[Any]) -> None:
-        _send(self.control, frames)
+        send_frames(self.control, frames)
 
     # -- sync socket -----------------------------------------------------------------------
     def _drain_sync(self) -> None:
@@ -486,16 +486,6 @@ class Sink:
             "time": time.time(), "journal_bytes": _dir_bytes(self.config.journal_dir),
             "heavy": self.heavy.stats(), "dedup": self.engine.dedup_stats(),
         }
-
-
-def _send(sock: zmq.Socket[Any], frames: list[Any]) -> None:
-    """`sock.send_multipart(frames)`, frame by frame with plain int flags: the same sends
-    without send_multipart's per-frame type checks and flag arithmetic on enums (a few
-    microseconds of a lone task's path, twice: COMMIT and DECISION)."""
-    send = sock.send
-    for frame in frames[:-1]:
-        send(frame, _MORE)
-    send(frames[-1])
 
 
 def _frame_bytes(frame: Any) -> bytes:

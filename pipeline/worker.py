@@ -40,6 +40,7 @@ from pipeline.context import HeavyBackend, build_context, error_update, to_updat
 from pipeline.errors import DecodeError, UnknownProcessError
 from pipeline.protocol import Cmd
 from pipeline.replica import StateReplica
+from pipeline.sockets import send_frames
 
 log = logging.getLogger(__name__)
 
@@ -372,9 +373,9 @@ class Worker:
             if len(frames) > proto.FIRST_BLOB_FRAME:
                 # Zero-copy: ZeroMQ reads the (read-only, soon mprotected) arrays themselves
                 # and holds a reference to each until its frame is on the wire.
-                self.updates.send_multipart(frames, copy=False)
+                send_frames(self.updates, frames, copy=False)
             else:
-                self.updates.send_multipart(frames)
+                send_frames(self.updates, frames)
             if wrote:
                 self._hold_written(updates)
             # Not sealed here: the mprotect (O(pages), 2 ms per 100 MB) could hold up ZeroMQ's
@@ -533,7 +534,7 @@ class Worker:
             self.pending.clear()
 
     def _send_backend(self, cmd: Cmd, header: dict[str, Any]) -> None:
-        self.backend.send_multipart(proto.encode(cmd, header))
+        send_frames(self.backend, proto.encode(cmd, header))
         self._last_send = time.monotonic()
 
 

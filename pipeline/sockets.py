@@ -1,0 +1,27 @@
+"""Sending a multipart message on a ZeroMQ socket, with less Python per frame.
+
+`Socket.send_multipart` checks every frame's type and combines enum flags for each one; a
+message of four small frames costs about 6.4 us that way against 2.5 us sent frame by frame
+with plain int flags (measured in the broker). Every role's hot path sends through here.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import zmq
+
+MORE = int(zmq.SNDMORE)
+NOBLOCK = int(zmq.NOBLOCK)
+
+
+def send_frames(sock: zmq.Socket[Any], frames: list[Any], flags: int = 0,
+                copy: bool = True) -> None:
+    """`sock.send_multipart(frames, flags, copy=copy)`: the same frames, the same errors
+    (`zmq.Again` on a full pipe with NOBLOCK; a ROUTER refuses at the first frame, never
+    midway). `flags` are plain ints (`NOBLOCK`); SNDMORE is added to all but the last."""
+    send = sock.send
+    more = flags | MORE
+    for frame in frames[:-1]:
+        send(frame, more, copy=copy)
+    send(frames[-1], flags, copy=copy)
