@@ -166,7 +166,10 @@ def _add_roles(sub: Any) -> None:
     p = sub.add_parser("worker", help="run one worker")
     _endpoint_args(p)
     p.add_argument("--app", dest="worker.app", help="module declaring the processes")
-    p.add_argument("--credit", type=int, dest="worker.credit", help="tasks it may hold")
+    p.add_argument("--credit", type=int, dest="worker.credit",
+                   help="the least credit: tasks it may be sent ahead of running them")
+    p.add_argument("--max-credit", type=int, dest="worker.max_credit",
+                   help="the most credit; between the two it follows the pace")
     p.add_argument("--name", dest="worker.name")
     p.add_argument("--namespace", dest="heavy.namespace", help="heavy-zone namespace")
     p.add_argument("--heartbeat-ms", type=int, dest="worker.heartbeat_interval_ms")

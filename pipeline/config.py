@@ -64,7 +64,8 @@ class WorkerConfig:
     endpoints: Endpoints
     app: str
     name: str = field(default_factory=lambda: f"w{os.getpid()}")
-    credit: int = 64
+    credit: int = 64  # the least credit granted; pipeline/credit.py grows it with the pace
+    max_credit: int = 2048  # the most (equal to `credit`: a fixed credit)
     heartbeat_interval_ms: int = 1000
     liveness: int = 3
     snapshot_timeout_ms: int = 5000

@@ -37,6 +37,7 @@ from pipeline import protocol as proto
 from pipeline.api import ProcessSpec, load_app
 from pipeline.config import WorkerConfig
 from pipeline.context import HeavyBackend, build_context, error_update, to_update
+from pipeline.credit import CreditWindow
 from pipeline.errors import DecodeError, UnknownProcessError
 from pipeline.protocol import Cmd
 from pipeline.replica import StateReplica
@@ -95,11 +96,9 @@ class Worker:
         self._reconnects = 0  # consecutive re-registrations without hearing the broker
         self._register_at: float | None = None  # a re-registration waiting for its back-off
         self._draining = False
-        # Credit for tasks run goes back to the broker once a quarter of the credit is owed
-        # (or with the next heartbeat): the broker always holds at least three quarters of
-        # it, and a lone task does not cost the broker a wake-up for one READY.
-        self._owed = 0
-        self._return_at = max(1, config.credit // 4)
+        # Credit for tasks run goes back once a quarter of it is owed (or with the next
+        # heartbeat), resized to the worker's pace between `credit` and `max_credit`.
+        self.credit = CreditWindow(config.credit, config.max_credit, time.monotonic())
         self._sockets()
 
     # -- sockets ---------------------------------------------------------------------------
@@ -308,9 +307,8 @@ class Worker:
             self._snapshot_sent -= self.config.snapshot_timeout_ms / 1000 - UNSENT_RETRY_S
 
     def _register(self) -> None:
-        self._owed = 0  # a fresh registration gives the broker the whole credit
-        self._send_backend(Cmd.READY, {
-            "credit": self.config.credit, "processes": sorted(self.specs),
+        self._send_backend(Cmd.READY, {  # a fresh registration: the whole floor credit
+            "credit": self.credit.register(time.monotonic()), "processes": sorted(self.specs),
             "name": self.config.name, "versions": list(proto.SUPPORTED_VERSIONS),
         })
         self._registered = True
@@ -386,14 +384,16 @@ class Worker:
                 self._unsealed |= heavy
                 if self._seal_by is None:
                     self._seal_by = time.monotonic() + SEAL_WAIT_S
-            if not self._draining:
-                self._owed += len(updates)
-                if self._owed >= self._return_at:
-                    self._return_credit()
+            if not self._draining and self.credit.ran(len(updates), time.monotonic()):
+                self._return_credit()
 
-    def _return_credit(self) -> None:
-        self._send_backend(Cmd.READY, {"credit": self._owed})
-        self._owed = 0
+    def _return_credit(self) -> bool:
+        """READY with the credit owed (resized); False when none went (the window shrank
+        by what was owed)."""
+        give = self.credit.take()
+        if give:
+            self._send_backend(Cmd.READY, {"credit": give})
+        return give > 0
 
     def _hold_written(self, updates: list[dict[str, Any]]) -> None:
         """Gate the keys these updates write until their commits come back (or time out):
@@ -467,11 +467,10 @@ class Worker:
         now = time.monotonic()
         self.gate.sweep(now)
         interval = self.config.heartbeat_interval_ms / 1000
-        if self._registered and now - self._last_send > interval:
-            if self._owed and not self._draining:
-                self._return_credit()  # any message is a heartbeat
-            else:
-                self._send_backend(Cmd.HEARTBEAT, {})
+        # any message is a heartbeat: READY when credit goes back, else HEARTBEAT
+        if self._registered and now - self._last_send > interval and (
+                self._draining or not self.credit.owed or not self._return_credit()):
+            self._send_backend(Cmd.HEARTBEAT, {})
         if self._registered and now - self._last_recv > interval * self.config.liveness:
             self._reconnect(now)
         if self._register_at is not None and now >= self._register_at and not self._draining:

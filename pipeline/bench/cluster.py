@@ -32,11 +32,12 @@ class BenchError(RuntimeError):
 
 
 @contextmanager
-def running(workers: int, *, credit: int = 256, env: dict[str, str] | None = None
-            ) -> Iterator[Cluster]:
+def running(workers: int, *, env: dict[str, str] | None = None) -> Iterator[Cluster]:
+    """A cluster of the bench app, every role with its default settings (workers' credit
+    included: it follows their pace, pipeline/credit.py)."""
     run_dir = tempfile.mkdtemp(prefix="plb-")
     cluster = Cluster(app=APP, workers=workers, run_dir=run_dir, fsync="interval",
-                      credit=credit, env=dict(env or {}))
+                      env=dict(env or {}))
     try:
         cluster.start()
         yield cluster

@@ -1,0 +1,67 @@
+"""How much credit a worker grants the broker: about 20 ms of its recent pace.
+
+Credit is the number of tasks the broker may send a worker ahead of their running. Too little
+and the worker runs dry whenever the broker is late to answer its READY: on a busy two-core
+machine the broker may not run for a few milliseconds, in which a worker of small tasks
+finishes hundreds. Too much and a slow worker hoards tasks that another could run, and a
+worker that dies strands more of them until their leases expire.
+
+`CreditWindow` keeps a worker's credit near WINDOW_S of its measured pace, never below the
+configured `credit` (the floor) nor above `max_credit` (the ceiling). A worker of 100 ms tasks
+keeps its configured credit; one that runs 75,000 small tasks a second grows to 1,500 within
+a few tenths of a second, and shrinks back when the load goes.
+
+The broker only ever adds what a READY carries (docs/PROTOCOL.md), so the window grows by
+returning more than the tasks that ran, and shrinks by returning fewer.
+"""
+
+from __future__ import annotations
+
+import math
+
+WINDOW_S = 0.02  # the credit covers this much of the worker's recent pace
+MEASURE_S = 0.1  # the pace is measured over periods at least this long
+
+
+class CreditWindow:
+    """The credit a worker has granted, what it owes back, and the size it aims for."""
+
+    __slots__ = ("_done", "_since", "ceiling", "floor", "granted", "owed", "target")
+
+    def __init__(self, floor: int, ceiling: int, now: float) -> None:
+        self.floor = max(1, floor)
+        self.ceiling = max(self.floor, ceiling)
+        self.granted = self.target = self.floor  # at the broker, or dispatched and unreturned
+        self.owed = 0  # tasks run whose credit has not gone back yet
+        self._done = 0
+        self._since = now
+
+    def register(self, now: float) -> int:
+        """A fresh registration: the whole floor credit, nothing owed. Returns the credit
+        the READY carries."""
+        self.granted = self.target = self.floor
+        self.owed = self._done = 0
+        self._since = now
+        return self.floor
+
+    def ran(self, n: int, now: float) -> bool:
+        """`n` tasks ran. True when credit should go back now: a quarter of it is owed (so
+        the broker always holds at least three quarters, and a lone task does not cost the
+        broker a wake-up for one READY)."""
+        self.owed += n
+        self._done += n
+        elapsed = now - self._since
+        if elapsed >= MEASURE_S:
+            pace = self._done / elapsed
+            self.target = min(self.ceiling, max(self.floor, math.ceil(pace * WINDOW_S)))
+            self._done = 0
+            self._since = now
+        return self.owed * 4 >= self.granted
+
+    def take(self) -> int:
+        """The credit to send back now (0: none, the window shrinks by what was owed):
+        everything owed, plus or minus the way to the target."""
+        give = max(0, self.owed + self.target - self.granted)
+        self.granted += give - self.owed
+        self.owed = 0
+        return give

@@ -1,0 +1,107 @@
+"""A worker's credit follows its pace (pipeline/credit.py): it grows under a stream of small
+tasks, never past `max_credit`, and falls back toward the configured `credit` when the pace
+drops. The window on its own (explicit clocks), then real broker, sink and workers."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import zmq
+
+from pipeline import Producer, Status
+from pipeline.cli_ops import request
+from pipeline.credit import MEASURE_S, WINDOW_S, CreditWindow
+from pipeline.protocol import Cmd
+from pipeline.runner import Cluster
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def run(window: CreditWindow, tasks: int, seconds: float, start: float, batch: int = 50
+        ) -> tuple[float, int]:
+    """`tasks` tasks run in batches spread evenly over `seconds`, credit taken back each
+    time `ran` says so, or else at each whole second (the worker's heartbeat). Returns the
+    clock at the end and the credit sent back."""
+    sent, now, step = 0, start, seconds * batch / tasks
+    for _ in range(tasks // batch):
+        beat = int(now + step) > int(now)
+        now += step
+        if window.ran(batch, now) or (beat and window.owed):
+            sent += window.take()
+    return now, sent
+
+
+def test_credit_grows_to_the_pace_within_the_ceiling_and_falls_back() -> None:
+    w = CreditWindow(64, 2048, now=0.0)
+    assert (w.granted, w.register(0.0)) == (64, 64)
+    now, _ = run(w, 5_000, 0.2, 0.0)  # 25,000 tasks/s: 20 ms of it is 500
+    assert w.target == pytest.approx(25_000 * WINDOW_S, abs=5)
+    now, _ = run(w, 2_000, 0.01, now)  # a burst far past the ceiling's pace
+    now, _ = run(w, 400, 0.15, now)  # then slow again
+    assert w.granted <= 2048
+    # 50 tasks/s: back to the floor, as fast as tasks run (credit the broker holds
+    # cannot be taken back; the window shrinks by returning less than ran)
+    now, _ = run(w, 500, 10.0, now, batch=1)
+    assert (w.target, w.granted) == (64, 64)
+
+
+def test_credit_is_conserved_and_never_negative() -> None:
+    """Whatever the pace, what the broker was given minus the tasks that ran is the credit
+    the window says is granted, less what is owed; no READY carries a negative credit."""
+    w = CreditWindow(16, 512, now=0.0)
+    given, ran, now = w.register(0.0), 0, 0.0
+    for tasks, seconds in ((4_000, 0.2), (100, 0.5), (9_000, 0.3), (30, 2.0), (700, 0.1)):
+        now, sent = run(w, tasks, seconds, now, batch=10)
+        given, ran = given + sent, ran + tasks
+        assert sent >= 0
+        assert given - ran == w.granted - w.owed
+        assert 16 <= w.granted <= 512
+
+
+def test_a_slow_worker_keeps_its_configured_credit() -> None:
+    w = CreditWindow(64, 2048, now=0.0)
+    run(w, 200, 2.0, 0.0, batch=1)  # 100 tasks/s: 2 in 20 ms
+    assert (w.target, w.granted) == (64, 64)
+
+
+def test_a_ceiling_below_the_floor_is_a_fixed_credit() -> None:
+    w = CreditWindow(256, 100, now=0.0)
+    _, sent = run(w, 50_000, 0.5, 0.0)
+    assert (w.floor, w.ceiling, w.granted) == (256, 256, 256)
+    assert sent == 50_000 - w.owed
+
+
+def test_the_pace_is_measured_over_whole_periods() -> None:
+    w = CreditWindow(8, 4096, now=0.0)
+    assert w.ran(8, MEASURE_S / 2) and w.target == 8  # a quarter owed; no period yet
+    w.ran(2_000, MEASURE_S)  # 2,008 tasks in one period: 20,080 a second
+    assert w.target == round(2_008 / MEASURE_S * WINDOW_S)
+
+
+def _broker_credit(cluster: Cluster) -> list[int]:
+    ctx: zmq.Context[Any] = zmq.Context()
+    try:
+        status = request(ctx, cluster.endpoints.control, Cmd.STATUS_REQ, {}, 10.0)
+    finally:
+        ctx.term()
+    return sorted(w["credit"] for w in status["workers"])
+
+
+@pytest.mark.parametrize(("max_credit", "grows"), [(None, True), (16, False)])
+def test_workers_grant_more_credit_under_a_stream_of_small_tasks(
+        cluster_factory: Any, max_credit: int | None, grows: bool) -> None:
+    env = {} if max_credit is None else {"PIPELINE_WORKER_MAX_CREDIT": str(max_credit)}
+    cluster = cluster_factory(app="tests.apps.stateless", workers=2, credit=16, env=env)
+    cluster.start()
+    assert _broker_credit(cluster) == [16, 16]
+    with Producer(cluster.endpoints.frontend) as producer:
+        for _ in range(4):
+            handles = producer.submit_many("tick", [{}] * 5_000)
+            decisions = producer.results(handles, timeout=60)
+            assert {d.status for d in decisions} == {Status.COMMITTED}
+    credit = _broker_credit(cluster)  # nothing in flight: each worker's whole credit
+    if grows:
+        assert max(credit) > 16 and max(credit) <= 2048
+    else:
+        assert credit == [16, 16]
