@@ -240,7 +240,7 @@ class RecentDecisions:
 
     def get(self, task_id: str) -> dict[str, Any] | None:
         d = self._items.get(task_id)
-        if type(d) is not tuple:
+        if not isinstance(d, tuple):  # narrows for the type checker too
             return d
         process, attempt, version = d
         return {"task": task_id, "status": "committed", "process": process, "attempt": attempt,
