@@ -399,7 +399,10 @@ class Broker(DecisionPath):
     def _dispatch_one(self, w: Worker) -> bool:
         """Send one DISPATCH to w; True when w may get more in another round (a full
         batch: a short one emptied every queue it can take from)."""
-        n = min(w.credit, self.config.max_dispatch_batch)
+        n = min(w.credit, self.config.max_dispatch_batch,
+                self.config.max_worker_credit - len(w.inflight))
+        if n <= 0:
+            return False  # at the in-flight bound: more once some are decided
         batch = self._queues.take(w.processes, n)
         if not batch:
             return False
@@ -547,7 +550,7 @@ class Broker(DecisionPath):
             w = None
         if w is None:
             w = self._register(identity, msg.header)
-        w.credit = min(w.credit + credit, self.config.max_worker_credit)
+        w.credit += credit  # all of it: `_dispatch_one` bounds the tasks in flight
         if credit:
             self._dirty = True
 

@@ -57,7 +57,9 @@ class BrokerConfig:
     journal_compact_ratio: int = 4
     # The most tasks in one DISPATCH (a worker with more credit gets several).
     max_dispatch_batch: int = 256
-    # The most credit one worker may hold (hostile READY floods are capped here).
+    # The most tasks in flight (dispatched, undecided) to one worker: a worker granting more
+    # credit keeps it, and gets more tasks as these are decided (hostile READY floods stop
+    # here). The credit itself is never cut: the worker's count of it must stay true.
     max_worker_credit: int = 100_000
     # Decided task ids remembered for idempotent resubmits.
     recent_decided: int = 100_000

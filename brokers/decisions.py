@@ -270,12 +270,15 @@ class DecisionPath:
         """Tasks no longer in flight: out of their workers' in-flight sets; with `forget`,
         out of the broker's table too."""
         entries, workers, wid, inflight = self._entries, self._workers, None, None
+        bound = self.config.max_worker_credit
         for e in batch:
             if e.worker is not None:
                 if e.worker != wid:  # one lookup per run of tasks of one worker
                     wid = e.worker
                     w = workers.get(wid)
                     inflight = None if w is None else w.inflight
+                    if inflight is not None and len(inflight) >= bound:
+                        self._dirty = True  # it was held at the bound: dispatch again
                 if inflight is not None:
                     inflight.pop(e.id, None)
                 e.worker = None

@@ -183,6 +183,25 @@ def test_credit_is_respected_and_batched(make_net: Callable[..., Net]) -> None:
     assert net.broker.status()["queues"] == {"p": 2}
 
 
+def test_max_worker_credit_bounds_tasks_in_flight_and_keeps_the_credit(
+        make_net: Callable[..., Net]) -> None:
+    """Credit past the bound is kept, not dropped (a worker's count of its credit must stay
+    true, pipeline/credit.py): the worker gets more tasks as its in-flight ones are decided."""
+    net = make_net(max_worker_credit=3)
+    prod = net.producer()
+    sink = net.sink()
+    net.submit(prod, *(task(f"t{i}") for i in range(8)))
+    worker = net.worker(["p"], credit=10)
+    assert ids(net.expect(worker, Cmd.DISPATCH)) == ["t0", "t1", "t2"]
+    assert net.broker.status()["workers"][0] == {
+        "name": "w", "credit": 7, "in_flight": 3, "processes": ["p"]}
+    net.decide(sink, decision("t0"), decision("t1"))
+    assert ids(net.expect(worker, Cmd.DISPATCH)) == ["t3", "t4"]
+    net.decide(sink, *(decision(f"t{i}") for i in range(2, 5)))
+    assert ids(net.expect(worker, Cmd.DISPATCH)) == ["t5", "t6", "t7"]
+    assert net.broker.status()["workers"][0]["credit"] == 2
+
+
 def test_tasks_go_only_to_workers_declaring_their_process(net: Net) -> None:
     prod = net.producer()
     net.submit(prod, task("a1", "a"), task("b1", "b"), task("a2", "a"))

@@ -105,3 +105,17 @@ def test_workers_grant_more_credit_under_a_stream_of_small_tasks(
         assert max(credit) > 16 and max(credit) <= 2048
     else:
         assert credit == [16, 16]
+
+
+def test_a_broker_cap_below_the_workers_credit_never_starves_them(cluster_factory: Any) -> None:
+    """The broker's `max_worker_credit` bounds the tasks in flight to one worker; the credit
+    a worker grants beyond it is kept, not dropped, so the worker's own count of its credit
+    stays true and shrinking it can never leave the broker without any (a starved worker)."""
+    env = {"PIPELINE_BROKER_MAX_WORKER_CREDIT": "40"}
+    cluster = cluster_factory(app="tests.apps.stateless", workers=2, credit=16, env=env)
+    cluster.start()
+    with Producer(cluster.endpoints.frontend) as producer:
+        for n in (20_000, 50, 20_000, 50):  # bursts grow the credit; the lulls shrink it
+            handles = producer.submit_many("tick", [{}] * n)
+            decisions = producer.results(handles, timeout=30)
+            assert {d.status for d in decisions} == {Status.COMMITTED}
