@@ -58,6 +58,11 @@ class CreditWindow:
             self._since = now
         return self.owed * 4 >= self.granted
 
+    def dropped(self, n: int) -> None:
+        """`n` dispatched tasks were dropped unrun (malformed): their credit is owed all the
+        same, or the broker would hold less than the window counts."""
+        self.owed += n
+
     def take(self) -> int:
         """The credit to send back now (0: none, the window shrinks by what was owed):
         everything owed, plus or minus the way to the target."""

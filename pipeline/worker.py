@@ -221,6 +221,7 @@ class Worker:
                 pending.append((now, proto.check_task(task)))
             except DecodeError as exc:
                 self.counters["malformed"] += 1
+                self.credit.dropped(1)
                 log.warning("worker: bad task in DISPATCH (%s)", exc.reason)
 
     def _follow_commits(self) -> None:

@@ -12,8 +12,9 @@ import zmq
 from pipeline import Producer, Status
 from pipeline.cli_ops import request
 from pipeline.credit import MEASURE_S, WINDOW_S, CreditWindow
-from pipeline.protocol import Cmd
+from pipeline.protocol import Cmd, decode, encode
 from pipeline.runner import Cluster
+from tests.test_worker_liveness import Fakes, _cmd, _ready
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -77,6 +78,22 @@ def test_the_pace_is_measured_over_whole_periods() -> None:
     assert w.ran(8, MEASURE_S / 2) and w.target == 8  # a quarter owed; no period yet
     w.ran(2_000, MEASURE_S)  # 2,008 tasks in one period: 20,080 a second
     assert w.target == round(2_008 / MEASURE_S * WINDOW_S)
+
+
+def test_a_worker_returns_the_credit_of_tasks_it_dropped_unrun(tmp_path: Any) -> None:
+    """Malformed tasks in a DISPATCH are dropped, and their credit still goes back: else the
+    window would count credit the broker does not hold."""
+    fakes = Fakes(tmp_path, liveness=1000)  # the fake broker never speaks otherwise
+    try:
+        ident, header = _ready(fakes)
+        assert header["credit"] == 8
+        bad = [{"id": f"t{i}", "args": {}} for i in range(3)]  # no process
+        fakes.backend.send_multipart([ident, *encode(Cmd.DISPATCH, {"tasks": bad})])
+        frames = fakes.step_until(fakes.backend, lambda f: _cmd(f) is Cmd.READY)
+        assert decode(frames[1:]).header == {"credit": 3}
+        assert fakes.worker.counters["malformed"] == 3
+    finally:
+        fakes.close()
 
 
 def _broker_credit(cluster: Cluster) -> list[int]:
