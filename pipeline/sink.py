@@ -19,7 +19,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import zmq
@@ -36,6 +36,9 @@ from pipeline.protocol import Cmd
 from pipeline.security import apply_curve, stamp_identity
 from pipeline.sockets import send_frames
 
+if TYPE_CHECKING:
+    from pipeline.metrics import TimedEngine
+
 log = logging.getLogger(__name__)
 
 RECLAIM_INTERVAL_S = 5.0
@@ -45,6 +48,9 @@ FAULT_EXIT = 70
 
 
 class Sink:
+    # the Rust engine, or the same wrapped for metrics (`serve_sink` in pipeline/roles.py)
+    engine: Engine | TimedEngine
+
     def __init__(self, config: SinkConfig, specs: dict[str, ProcessSpec] | None = None,
                  ctx: zmq.Context[Any] | None = None) -> None:
         self.config = config
@@ -161,7 +167,7 @@ class Sink:
         (a few microseconds more); a burst is then drained until the socket is empty."""
         sock, frames = self.updates, []
         for n in range(self.config.batch_max):
-            if n == 1 and not sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+            if n == 1 and not cast(int, sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
                 break
             try:
                 msg = self._recv_update(sock)

@@ -334,6 +334,7 @@ class Worker:
     def _run_pending(self) -> None:
         if not self.replica.synced:
             return
+        deferred: deque[tuple[float, dict[str, Any]]]  # an annotation only: no runtime cost
         updates, ran, deferred, now = [], [], deque(), time.monotonic()
         if self._blobs is not None:
             self._blobs()  # frames are numbered per UPDATE: drop any left from elsewhere

@@ -1,7 +1,8 @@
 """The typed surface: the hand-written stub of the Rust extension agrees with the built
-extension (`mypy.stubtest`), and the public modules type-check strictly.
+extension (`mypy.stubtest`), the public modules type-check strictly, and both packages
+type-check under the project's own settings.
 
-Both run mypy in a subprocess (a fresh interpreter that imports the extension as built).
+All run mypy in a subprocess (a fresh interpreter that imports the extension as built).
 """
 
 from __future__ import annotations
@@ -34,6 +35,12 @@ def test_engine_stub_matches_extension(tmp_path: Path) -> None:
 
 def test_public_modules_type_check_strictly(tmp_path: Path) -> None:
     out = _mypy(tmp_path, "mypy", "--strict", *PUBLIC)
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_packages_type_check(tmp_path: Path) -> None:
+    # Everything that ships, under [tool.mypy] in pyproject.toml (not --strict)
+    out = _mypy(tmp_path, "mypy", "pipeline", "brokers")
     assert out.returncode == 0, out.stdout + out.stderr
 
 

@@ -29,7 +29,7 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import zmq
@@ -39,6 +39,9 @@ from pipeline.errors import TaskTimeout
 from pipeline.producer import Producer
 from pipeline.runner import Cluster
 from pipeline.subscriber import Subscriber
+
+if TYPE_CHECKING:
+    from typing_extensions import Buffer  # collections.abc.Buffer from Python 3.12
 
 SIZES_MB = (1, 10, 100)
 WARMUP = 2
@@ -156,7 +159,9 @@ def _zmq_sender(endpoint: str, mb: int, count: int) -> None:
     sock.connect(endpoint)
     for i in range(count):
         t_return, arr = _filled(mb, float(i + 1))
-        sock.send_multipart([str(t_return).encode(), arr], copy=False)
+        # an ndarray exports the buffer protocol on every Python, but numpy's stubs declare
+        # its `__buffer__` (PEP 688) only from 3.12 (numpy/numpy#26783)
+        sock.send_multipart([str(t_return).encode(), cast("Buffer", arr)], copy=False)
     sock.close(linger=-1)
     ctx.term()
 

@@ -77,7 +77,10 @@ def _is_local_host(host: str) -> bool:
         infos = socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)
     except OSError:
         return False  # cannot tell: remote is the safe choice (it works everywhere)
-    return any(_is_local_address(info[4][0]) for info in infos)
+    # An IPv6 address is (int, bytes), not a string, where Python was built without IPv6:
+    # no interface of ours can be bound to it then.
+    addrs = (info[4][0] for info in infos)
+    return any(isinstance(addr, str) and _is_local_address(addr) for addr in addrs)
 
 
 def _is_local_address(addr: str) -> bool:
