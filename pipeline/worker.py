@@ -386,7 +386,8 @@ class Worker:
                 self._unsealed |= heavy
                 if self._seal_by is None:
                     self._seal_by = time.monotonic() + SEAL_WAIT_S
-            if not self._draining and self.credit.ran(len(updates), time.monotonic()):
+            done = time.monotonic()
+            if not self._draining and self.credit.ran(len(updates), done, done - now):
                 self._return_credit()
 
     def _return_credit(self) -> bool:

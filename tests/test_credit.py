@@ -19,16 +19,17 @@ from tests.test_worker_liveness import Fakes, _cmd, _ready
 pytestmark = pytest.mark.timeout(120)
 
 
-def run(window: CreditWindow, tasks: int, seconds: float, start: float, batch: int = 50
-        ) -> tuple[float, int]:
-    """`tasks` tasks run in batches spread evenly over `seconds`, credit taken back each
-    time `ran` says so, or else at each whole second (the worker's heartbeat). Returns the
-    clock at the end and the credit sent back."""
+def run(window: CreditWindow, tasks: int, seconds: float, start: float, batch: int = 50,
+        busy: float = 1.0) -> tuple[float, int]:
+    """`tasks` tasks run in batches spread evenly over `seconds`, busy running them for the
+    fraction `busy` of that time, credit taken back each time `ran` says so, or else at each
+    whole second (the worker's heartbeat). Returns the clock at the end and the credit sent
+    back."""
     sent, now, step = 0, start, seconds * batch / tasks
     for _ in range(tasks // batch):
         beat = int(now + step) > int(now)
         now += step
-        if window.ran(batch, now) or (beat and window.owed):
+        if window.ran(batch, now, step * busy) or (beat and window.owed):
             sent += window.take()
     return now, sent
 
@@ -73,11 +74,30 @@ def test_a_ceiling_below_the_floor_is_a_fixed_credit() -> None:
     assert sent == 50_000 - w.owed
 
 
-def test_the_pace_is_measured_over_whole_periods() -> None:
+def test_the_pace_is_measured_over_whole_periods_of_busy_time() -> None:
     w = CreditWindow(8, 4096, now=0.0)
-    assert w.ran(8, MEASURE_S / 2) and w.target == 8  # a quarter owed; no period yet
-    w.ran(2_000, MEASURE_S)  # 2,008 tasks in one period: 20,080 a second
-    assert w.target == round(2_008 / MEASURE_S * WINDOW_S)
+    assert w.ran(8, MEASURE_S / 2, 0.001) and w.target == 8  # a quarter owed; no period yet
+    w.ran(2_000, MEASURE_S, 0.099)  # 2,008 tasks in 0.1 s of work: 20,080 a second
+    assert w.target == round(2_008 / 0.1 * WINDOW_S)
+
+
+def test_a_worker_starved_of_credit_still_grows_it() -> None:
+    """Run dry nine tenths of the time (its credit gone, the broker late to send more), a
+    worker still measures what it can do: the credit grows, where a wall-clock pace would
+    have kept it small."""
+    w = CreditWindow(64, 2048, now=0.0)
+    run(w, 3_000, 1.0, 0.0, busy=0.1)  # 3,000 tasks a second, in 0.1 s of work a second
+    assert w.target == 30_000 * WINDOW_S
+
+
+def test_an_idle_worker_keeps_its_credit_until_its_tasks_get_slower() -> None:
+    w = CreditWindow(64, 2048, now=0.0)
+    now, _ = run(w, 10_000, 0.5, 0.0)  # 20,000 tasks/s: 400
+    assert w.target == 400
+    now, _ = run(w, 100, 0.2, now + 60.0, batch=1, busy=0.025)  # idle a minute; a trickle
+    assert w.target == 400  # each task as fast as before: 20 ms of them is still 400
+    run(w, 1_000, 10.0, now, batch=1)  # 10 ms tasks: 20 ms of them is 2
+    assert (w.target, w.granted) == (64, 64)
 
 
 def test_a_worker_returns_the_credit_of_tasks_it_dropped_unrun(tmp_path: Any) -> None:
