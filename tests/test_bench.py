@@ -35,9 +35,10 @@ def test_throughput(capsys):
 def test_latency(capsys):
     r = _bench(capsys, "latency", "--tasks", "30", "--workers", "1")
     _positive(r, ["p50_us", "p99_us", "p999_us", "pool_p50_us", "zmq_p50_us",
-                  "relay_p50_us"])
+                  "relay_p50_us", "raw_relay_p50_us"])
     assert r["p50_us"] <= r["p99_us"] <= r["p999_us"]
     assert r["relay_p50_us"] <= r["relay_p99_us"] <= r["relay_p999_us"]
+    assert r["raw_relay_p50_us"] <= r["raw_relay_p99_us"] <= r["raw_relay_p999_us"]
 
 
 def test_scaling(capsys):

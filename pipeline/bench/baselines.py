@@ -7,7 +7,9 @@
 
 The latency mode also measures the floor of the pipeline's own path: a message relayed,
 with no work, along the hops a lone task takes (producer -> broker -> worker -> sink ->
-broker -> producer, five ZeroMQ hops through four processes). See `relay_latencies`.
+broker -> producer, five ZeroMQ hops through four processes). See `relay_latencies`. And
+the same five hops over bare Unix-domain sockets (`raw_relay_latencies`): what a transport
+without ZeroMQ's I/O threads would cost on this path.
 
 The Pool uses the platform's default start method on Linux (fork; it runs before any
 ZeroMQ context of the bench exists or after it is closed). The pyzmq workers are fresh
@@ -36,10 +38,13 @@ from pipeline.bench.apps import WORK
 
 FORK = mp.get_context("fork")  # what `multiprocessing.Pool()` is on Linux; no resource tracker
 STOP = b""
+STOP_PACKET = b"stop"  # the raw relays' STOP (a zero-length packet reads as a closed peer)
 WORKER_CODE = ("import sys; from pipeline.bench.baselines import _zmq_worker; "
                "_zmq_worker(*sys.argv[1:])")
 RELAY_CODE = ("import sys; from pipeline.bench.baselines import _relay; "
               "_relay(*sys.argv[1:])")
+RAW_RELAY_CODE = ("import sys; from pipeline.bench.baselines import _raw_relay; "
+                  "_raw_relay(*map(int, sys.argv[1:]))")
 
 
 # -- multiprocessing.Pool -------------------------------------------------------------------
@@ -98,10 +103,11 @@ def _zmq_worker(tasks_ep: str, results_ep: str) -> None:
         ctx.term()
 
 
-def _spawn(code: str, *argv: str) -> subprocess.Popen[bytes]:
+def _spawn(code: str, *argv: str, pass_fds: tuple[int, ...] | list[int] = ()
+           ) -> subprocess.Popen[bytes]:
     """A fresh interpreter running `code` (no inherited ZeroMQ context)."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([os.getcwd(), *sys.path])}
-    return subprocess.Popen([sys.executable, "-c", code, *argv], env=env)
+    return subprocess.Popen([sys.executable, "-c", code, *argv], env=env, pass_fds=pass_fds)
 
 
 def _reap(procs: list[subprocess.Popen[bytes]]) -> None:
@@ -261,3 +267,71 @@ def relay_latencies(tasks: int) -> list[float]:
         pull.close(0)
         ctx.term()
         shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def _raw_relay(*fds: int) -> None:
+    """`_relay` over inherited Unix-domain SOCK_SEQPACKET sockets (pairs of descriptors: in,
+    out): one blocking epoll, no ZeroMQ, so one wake-up per hop instead of three."""
+    import select
+    import socket
+
+    socks = [socket.socket(fileno=fd) for fd in fds]
+    routes = {src.fileno(): (src, dst) for src, dst in zip(socks[::2], socks[1::2],
+                                                           strict=True)}
+    poller = select.epoll()
+    for fd in routes:
+        poller.register(fd, select.EPOLLIN)
+    try:
+        while True:
+            for fd, _ in poller.poll():
+                src, dst = routes[fd]
+                data = src.recv(65536)
+                if not data or data == STOP_PACKET:  # told to stop, or the peer is gone
+                    with contextlib.suppress(OSError):
+                        dst.send(STOP_PACKET)
+                    return
+                dst.send(data)
+    finally:
+        poller.close()
+        for s in socks:
+            s.close()
+
+
+def raw_relay_latencies(tasks: int) -> list[float]:
+    """`relay_latencies` over bare Unix-domain sockets (SOCK_SEQPACKET, one packet per
+    message) instead of ZeroMQ: the same five hops through the same four processes."""
+    import socket
+
+    def pair() -> tuple[socket.socket, socket.socket]:
+        return socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+
+    hops = [pair() for _ in range(5)]  # producer->broker->worker->sink->broker->producer
+    (pb_out, pb_in), (bw_out, bw_in), (ws_out, ws_in), (sb_out, sb_in), (bp_out, bp_in) = hops
+    relays = [(pb_in, bw_out, sb_in, bp_out), (bw_in, ws_out), (ws_in, sb_out)]
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        for socks in relays:
+            fds = [s.fileno() for s in socks]
+            procs.append(_spawn(RAW_RELAY_CODE, *map(str, fds), pass_fds=fds))
+        for socks in relays:  # the children hold them now
+            for s in socks:
+                s.close()
+        pb_out.settimeout(30)
+        bp_in.settimeout(30)
+        msg = bytes((1, 1)) + msgpack.packb({"tasks": [{"id": "x" * 22, "process": "small",
+                                                        "args": {}}]})
+        out = []
+        for i in range(200 + tasks):  # 200 warm-up round trips first
+            t0 = time.perf_counter()
+            pb_out.send(msg)
+            bp_in.recv(65536)
+            if i >= 200:
+                out.append(time.perf_counter() - t0)
+        return out
+    finally:
+        with contextlib.suppress(OSError):
+            pb_out.send(STOP_PACKET)
+        _reap(procs)
+        for a, b in hops:
+            a.close()
+            b.close()

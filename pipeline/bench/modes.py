@@ -37,12 +37,14 @@ def latency(tasks: int, workers: int) -> dict[str, Any]:
     pool = percentiles(baselines.pool_latencies("small", tasks, workers))
     zmq = percentiles(baselines.zmq_latencies("small", tasks, workers))
     relay = percentiles(baselines.relay_latencies(tasks))
+    raw_relay = percentiles(baselines.raw_relay_latencies(tasks))
     with cluster.running(workers) as c:
         ours = percentiles(cluster.latencies(c, "small", tasks))
     out: dict[str, Any] = {"workers": workers, **ours}
     out.update({f"pool_{k}": v for k, v in pool.items()})
     out.update({f"zmq_{k}": v for k, v in zmq.items()})
     out.update({f"relay_{k}": v for k, v in relay.items()})
+    out.update({f"raw_relay_{k}": v for k, v in raw_relay.items()})
     out["p50_vs_pool"] = ours["p50_us"] / pool["p50_us"]
     out["p50_vs_zmq"] = ours["p50_us"] / zmq["p50_us"]
     out["p50_vs_relay"] = ours["p50_us"] / relay["p50_us"]
