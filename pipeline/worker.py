@@ -55,6 +55,10 @@ STUCK_REPORT_S = 5.0  # a key written by an undecided update stays gated at most
 RECONNECT_BASE_S = 0.1  # back-off before re-registering: base * 2^(n-1), jittered, capped
 RECONNECT_MAX_S = 5.0
 DRAIN_S = 10.0  # the most a graceful stop spends finishing held tasks
+# A batch of held tasks runs at most about this long before its UPDATE goes, its credit is
+# counted and the sockets are read again (heartbeats both ways): a worker holding a large
+# credit of tasks that turned slow must not fall silent for seconds.
+RUN_BUDGET_S = 0.02
 # Exported heavy pages turn read-only (mprotect, O(pages)) when the commit of their update
 # comes back, before any further task code runs, or at the latest this long after the send.
 SEAL_WAIT_S = 0.05
@@ -362,6 +366,9 @@ class Worker:
             seal = bool(arrays) or update.get("error") is not None
             updates.append(update)
             ran.append(task)
+            if time.monotonic() - now >= RUN_BUDGET_S:  # the rest after the sockets are read
+                break
+        deferred.extend(pending)
         self.pending = deferred
         if self._version_read:
             self._follow_commits()  # a process read ctx.version: keep it current from now on

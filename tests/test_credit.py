@@ -4,16 +4,19 @@ drops. The window on its own (explicit clocks), then real broker, sink and worke
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import pytest
 import zmq
 
-from pipeline import Producer, Status
+from pipeline import Producer, Status, process
+from pipeline.api import spec_of
 from pipeline.cli_ops import request
 from pipeline.credit import MEASURE_S, WINDOW_S, CreditWindow
 from pipeline.protocol import Cmd, decode, encode
 from pipeline.runner import Cluster
+from pipeline.worker import RUN_BUDGET_S
 from tests.test_worker_liveness import Fakes, _cmd, _ready
 
 pytestmark = pytest.mark.timeout(120)
@@ -116,6 +119,31 @@ def test_a_worker_returns_the_credit_of_tasks_it_dropped_unrun(tmp_path: Any) ->
         fakes.close()
 
 
+@process(inputs=[], outputs=[])
+def slow(ctx: Any) -> dict[str, Any]:
+    time.sleep(0.005)
+    return {}
+
+
+def test_a_worker_holding_many_slow_tasks_sends_updates_as_it_goes(tmp_path: Any) -> None:
+    """A large credit can fill a worker with tasks that turned slow: it runs them in batches
+    of about RUN_BUDGET_S, each UPDATE sent (and the sockets read, heartbeats included)
+    before the next, instead of falling silent until all of them have run."""
+    fakes = Fakes(tmp_path, liveness=1000, specs={"slow": spec_of(slow)})  # type: ignore[dict-item]
+    try:
+        ident, _ = _ready(fakes)
+        tasks = [{"id": f"t{i}", "process": "slow", "args": {}} for i in range(40)]
+        fakes.backend.send_multipart([ident, *encode(Cmd.DISPATCH, {"tasks": tasks})])
+        sizes: list[int] = []
+        while sum(sizes) < len(tasks):
+            frames = fakes.step_until(fakes.updates)
+            sizes.append(len(decode(frames).header["updates"]))
+        most = int(RUN_BUDGET_S / 0.005) + 1  # the task that crosses the budget ends it
+        assert len(sizes) >= 40 // most and max(sizes) <= most, sizes
+    finally:
+        fakes.close()
+
+
 def _broker_credit(cluster: Cluster) -> list[int]:
     ctx: zmq.Context[Any] = zmq.Context()
     try:
@@ -137,7 +165,12 @@ def test_workers_grant_more_credit_under_a_stream_of_small_tasks(
             handles = producer.submit_many("tick", [{}] * 5_000)
             decisions = producer.results(handles, timeout=60)
             assert {d.status for d in decisions} == {Status.COMMITTED}
-    credit = _broker_credit(cluster)  # nothing in flight: each worker's whole credit
+    # nothing in flight: each worker's whole credit, once what it still owes (less than a
+    # quarter) has gone back with its next heartbeat
+    deadline = time.monotonic() + 5
+    while (credit := _broker_credit(cluster)) != [16, 16] and not grows:
+        assert time.monotonic() < deadline, credit
+        time.sleep(0.1)
     if grows:
         assert max(credit) > 16 and max(credit) <= 2048
     else:
