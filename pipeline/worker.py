@@ -276,7 +276,7 @@ class Worker:
         if not self.replica.apply(buffered):
             self.request_snapshot()
             return
-        if not self._registered:
+        if not self._registered and self._register_at is None:  # not during a back-off
             self._register()
 
     def _on_heartbeat(self, header: dict[str, Any]) -> None:

@@ -180,3 +180,37 @@ def test_snapshot_requests_do_not_pile_up_while_the_sink_is_down(tmp_path: Path)
         assert requests == 1
     finally:
         fakes.close()
+
+
+def test_a_snapshot_during_the_reconnect_back_off_does_not_register_early(
+        tmp_path: Path) -> None:
+    """A SNAPSHOT that arrives while the worker waits out its back-off leaves registering
+    to the back-off's end: registering at once (without having heard the broker) made it
+    reconnect again straight away, leaving a second registration at the broker."""
+    fakes = Fakes(tmp_path, liveness=3)  # the fake broker stays silent: a reconnect
+    try:
+        w = fakes.worker
+        _ready(fakes)
+        deadline = time.monotonic() + DEADLINE_S
+        while not w.counters.get("reconnects"):
+            assert time.monotonic() < deadline
+            w.run_once(5)
+            while fakes.backend.poll(0):
+                fakes.backend.recv_multipart()
+        w.request_snapshot()  # its reply lands during the back-off
+        registrations: list[bytes] = []
+        end = time.monotonic() + 1.0
+        while time.monotonic() < end:
+            w.run_once(5)
+            if fakes.sync.poll(0):
+                ident, *_ = fakes.sync.recv_multipart()
+                fakes.sync.send_multipart([ident, *encode(Cmd.SNAPSHOT,
+                                                          {"version": 0, "state": {}})])
+            while fakes.backend.poll(0):
+                frames = fakes.backend.recv_multipart()
+                if "processes" in decode(frames[1:]).header:
+                    registrations.append(frames[0])
+                fakes.backend.send_multipart([frames[0], *encode(Cmd.HEARTBEAT)])  # alive
+        assert (w.counters["reconnects"], len(registrations)) == (1, 1)
+    finally:
+        fakes.close()
