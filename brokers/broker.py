@@ -60,6 +60,7 @@ from pipeline.sockets import MORE, NOBLOCK, send_frames
 log = logging.getLogger(__name__)
 
 MAX_PROCESSES = 1024
+CREDIT_LIMIT = 1 << 31  # the most credit a READY may carry, and a worker may hold
 STOP_CHECK_MS = 100
 _DECISION_PREFIX = bytes((VERSION, Cmd.DECISION))
 _MORE = MORE | NOBLOCK  # the identity frame's send flags, as a plain int
@@ -542,7 +543,7 @@ class Broker(DecisionPath):
     # -- backend: workers ---------------------------------------------------------------
     def _on_ready(self, identity: bytes, msg: Message) -> None:
         credit = msg.header["credit"]
-        if credit < 0:
+        if not 0 <= credit <= CREDIT_LIMIT:
             raise DecodeError("header-field:credit")
         w = self._workers.get(identity)
         if w is not None and "processes" in msg.header:  # it starts over: a fresh READY
@@ -550,7 +551,9 @@ class Broker(DecisionPath):
             w = None
         if w is None:
             w = self._register(identity, msg.header)
-        w.credit += credit  # all of it: `_dispatch_one` bounds the tasks in flight
+        # all of it (`_dispatch_one` bounds the tasks in flight), below a limit no honest
+        # worker nears, so that STATUS can always encode it
+        w.credit = min(w.credit + credit, CREDIT_LIMIT)
         if credit:
             self._dirty = True
 

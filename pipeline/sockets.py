@@ -17,9 +17,12 @@ NOBLOCK = int(zmq.NOBLOCK)
 
 def send_frames(sock: zmq.Socket[Any], frames: list[Any], flags: int = 0,
                 copy: bool = True) -> None:
-    """`sock.send_multipart(frames, flags, copy=copy)`: the same frames, the same errors
-    (`zmq.Again` on a full pipe with NOBLOCK; a ROUTER refuses at the first frame, never
-    midway). `flags` are plain ints (`NOBLOCK`); SNDMORE is added to all but the last."""
+    """`sock.send_multipart(frames, flags, copy=copy)` for frames that are bytes or buffers
+    (every caller's are): the same frames and the same ZeroMQ errors (`zmq.Again` on a full
+    pipe with NOBLOCK; a ROUTER refuses at the first frame, never midway). Unlike
+    `send_multipart` it does not check the frames' types first: a frame that is not a buffer
+    raises TypeError after the frames before it were queued. `flags` are plain ints
+    (`NOBLOCK`); SNDMORE is added to all but the last."""
     send = sock.send
     more = flags | MORE
     for frame in frames[:-1]:

@@ -202,6 +202,19 @@ def test_max_worker_credit_bounds_tasks_in_flight_and_keeps_the_credit(
     assert net.broker.status()["workers"][0]["credit"] == 2
 
 
+def test_a_ready_past_the_credit_limit_is_refused_and_status_still_answers(net: Net) -> None:
+    worker = net.worker(["p"], credit=5)
+    for credit in (2**64 - 1, -1):
+        net.ready(worker, credit)
+        assert net.expect(worker, Cmd.ERROR)["code"] == "malformed"
+    net.ready(worker, 2**31)
+    net.ready(worker, 2**31)  # each is within the limit; the total is held at it
+    net.pump(lambda: net.broker.status()["workers"][0]["credit"] == 2**31)
+    control = net.dealer(net.config.control)
+    control.send_multipart(encode(Cmd.STATUS_REQ, {}))
+    assert net.expect(control, Cmd.STATUS)["workers"][0]["credit"] == 2**31
+
+
 def test_tasks_go_only_to_workers_declaring_their_process(net: Net) -> None:
     prod = net.producer()
     net.submit(prod, task("a1", "a"), task("b1", "b"), task("a2", "a"))
