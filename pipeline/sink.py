@@ -34,7 +34,7 @@ from pipeline.heavy.names import namespace_dir
 from pipeline.heavy.remote import c_strides, check_blob, placeholder_layout
 from pipeline.protocol import Cmd
 from pipeline.security import apply_curve, stamp_identity
-from pipeline.sockets import send_frames
+from pipeline.sockets import recv_frames, send_frames
 
 if TYPE_CHECKING:
     from pipeline.metrics import TimedEngine
@@ -180,15 +180,10 @@ class Sink:
             self._decide(frames)
 
     def _recv_update(self, sock: zmq.Socket[Any]) -> list[Any]:
-        """One UPDATE, its frames received as zmq.Frames (whose `more` saves a ZMQ_RCVMORE
-        call per frame). Header frames are returned as bytes; blob frames (heavy arrays from
+        """One UPDATE. Header frames are returned as bytes; blob frames (heavy arrays from
         another host) stay zmq.Frames, so their bytes are copied once, into a segment, and
         not first into a bytes object."""
-        frame = sock.recv(zmq.NOBLOCK, copy=False)
-        msg = [frame]
-        while frame.more:
-            frame = sock.recv(copy=False)
-            msg.append(frame)
+        msg = recv_frames(sock)
         head = proto.FIRST_BLOB_FRAME
         if self.config.curve is not None:
             # CURVE: the journal records the authenticated sender (see pipeline/security.py)
@@ -320,13 +315,10 @@ class Sink:
         their index frames (docs/PROTOCOL.md, "The commit index", "The event index"), which
         come ready-made from the engine. Everything is built before the COMMIT goes, so
         that nothing but the follow-ups (usually none) stands between the two sends."""
-        events, event_index, commit_index = batch.events, batch.event_index, batch.commit_index
-        decision = (proto.encode_raw(Cmd.DECISION, batch.decisions) if commit_index is None
-                    else proto.encode_raw(Cmd.DECISION, batch.decisions, commit_index))
-        followups = batch.followups
+        events, followups = batch.events, batch.followups
+        decision = _indexed(Cmd.DECISION, batch.decisions, batch.commit_index)
         if events is not None:
-            send_frames(self.events, proto.encode_raw(Cmd.COMMIT, events) if event_index is None
-                  else proto.encode_raw(Cmd.COMMIT, events, event_index))
+            send_frames(self.events, _indexed(Cmd.COMMIT, events, batch.event_index))
         if followups:
             self._submit_followups(followups)
         self._send_control(decision)
@@ -492,6 +484,15 @@ class Sink:
             "time": time.time(), "journal_bytes": _dir_bytes(self.config.journal_dir),
             "heavy": self.heavy.stats(), "dedup": self.engine.dedup_stats(),
         }
+
+
+def _indexed(cmd: Cmd, header: bytes, index: bytes | None) -> list[Any]:
+    """The frames of a message whose header the engine encoded, with its index frame when
+    the batch has one (docs/PROTOCOL.md)."""
+    frames = proto.encode_raw(cmd, header)
+    if index is not None:
+        frames.append(index)
+    return frames
 
 
 def _frame_bytes(frame: Any) -> bytes:

@@ -610,10 +610,14 @@ def test_recent_decisions_keep_commits_compact_and_give_back_the_same_decision()
     assert recent.get("b") is None and len(recent) == 1
 
 
-def test_recv_message_gives_what_recv_multipart_gives(tmp_path: Path) -> None:
-    """The broker's own multipart receive (frames say whether more follow): the same
-    frames, empty and large ones included, and zmq.Again when nothing waits."""
-    from brokers.broker import _recv_message
+def test_recv_frames_gives_what_recv_multipart_gives(tmp_path: Path) -> None:
+    """The roles' own multipart receive (pipeline/sockets.py; frames say whether more
+    follow), as the broker uses it: the same frames, empty and large ones included, and
+    zmq.Again when nothing waits."""
+    from pipeline.sockets import recv_frames
+
+    def _recv_message(sock: zmq.Socket[Any]) -> list[bytes]:
+        return [f.bytes for f in recv_frames(sock)]
 
     ctx: zmq.Context[Any] = zmq.Context()
     router, dealer = ctx.socket(zmq.ROUTER), ctx.socket(zmq.DEALER)
@@ -627,12 +631,12 @@ def test_recv_message_gives_what_recv_multipart_gives(tmp_path: Path) -> None:
         got = []
         for _ in messages:
             assert router.poll(int(DEADLINE_S * 1000))  # every receive waits for its message
-            got.append(_recv_message(router.recv))
+            got.append(_recv_message(router))
         identity = got[0][0]
         assert got == [[identity, *frames] for frames in messages]
         assert [router.recv_multipart() for _ in messages] == got
         with pytest.raises(zmq.Again):
-            _recv_message(router.recv)
+            _recv_message(router)
     finally:
         router.close(linger=0)
         dealer.close(linger=0)
