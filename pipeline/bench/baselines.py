@@ -27,7 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -38,6 +38,9 @@ from pipeline.bench.apps import WORK
 
 FORK = mp.get_context("fork")  # what `multiprocessing.Pool()` is on Linux; no resource tracker
 STOP = b""
+# What the relays carry: a lone task's SUBMIT (prefix and header; one packet when raw)
+RELAY_MESSAGE = bytes((1, 1)) + msgpack.packb({"tasks": [{"id": "x" * 22, "process": "small",
+                                                         "args": {}}]})
 STOP_PACKET = b"stop"  # the raw relays' STOP (a zero-length packet reads as a closed peer)
 WORKER_CODE = ("import sys; from pipeline.bench.baselines import _zmq_worker; "
                "_zmq_worker(*sys.argv[1:])")
@@ -228,6 +231,21 @@ def _relay(*endpoints: str) -> None:
         ctx.term()
 
 
+def _round_trips(send: Callable[[], Any], recv: Callable[[], Any], tasks: int,
+                 warmup: int = 200) -> list[float]:
+    """Seconds of `tasks` round trips (send, then wait for the reply), after `warmup`."""
+    for _ in range(warmup):
+        send()
+        recv()
+    out = []
+    for _ in range(tasks):
+        t0 = time.perf_counter()
+        send()
+        recv()
+        out.append(time.perf_counter() - t0)
+    return out
+
+
 def relay_latencies(tasks: int) -> list[float]:
     """Round-trip seconds of a small message (two frames, as a pipeline message) relayed
     along a lone task's five hops: to a "broker", a "worker", a "sink", the "broker" again,
@@ -245,20 +263,12 @@ def relay_latencies(tasks: int) -> list[float]:
         procs.append(_spawn(RELAY_CODE, ep["worker"], ep["sink"]))
         procs.append(_spawn(RELAY_CODE, ep["sink"], ep["decisions"]))
         push.connect(ep["frontend"])
-        msg = [b"\x01\x01", msgpack.packb({"tasks": [{"id": "x" * 22, "process": "small",
-                                                       "args": {}}]})]
-        for _ in range(200):  # warm-up; the first waits for every relay to bind
-            push.send_multipart(msg)
-            if not pull.poll(30_000):
-                raise RuntimeError("relay baseline: a relay did not start")
-            pull.recv_multipart()
-        out = []
-        for _ in range(tasks):
-            t0 = time.perf_counter()
-            push.send_multipart(msg)
-            pull.recv_multipart()
-            out.append(time.perf_counter() - t0)
-        return out
+        msg = [RELAY_MESSAGE[:2], RELAY_MESSAGE[2:]]
+        push.send_multipart(msg)  # the first waits for every relay to bind
+        if not pull.poll(30_000):
+            raise RuntimeError("relay baseline: a relay did not start")
+        pull.recv_multipart()
+        return _round_trips(lambda: push.send_multipart(msg), pull.recv_multipart, tasks)
     finally:
         with contextlib.suppress(zmq.Again):
             push.send_multipart([STOP], zmq.NOBLOCK)
@@ -318,16 +328,14 @@ def raw_relay_latencies(tasks: int) -> list[float]:
                 s.close()
         pb_out.settimeout(30)
         bp_in.settimeout(30)
-        msg = bytes((1, 1)) + msgpack.packb({"tasks": [{"id": "x" * 22, "process": "small",
-                                                        "args": {}}]})
-        out = []
-        for i in range(200 + tasks):  # 200 warm-up round trips first
-            t0 = time.perf_counter()
-            pb_out.send(msg)
-            bp_in.recv(65536)
-            if i >= 200:
-                out.append(time.perf_counter() - t0)
-        return out
+
+        def reply() -> bytes:
+            data = bp_in.recv(65536)
+            if not data or data == STOP_PACKET:
+                raise RuntimeError("raw relay baseline: a relay is gone")
+            return data
+
+        return _round_trips(lambda: pb_out.send(RELAY_MESSAGE), reply, tasks)
     finally:
         with contextlib.suppress(OSError):
             pb_out.send(STOP_PACKET)
